@@ -1,0 +1,1 @@
+"""Deterministic, checkpointable PyTorch data pipelines."""

@@ -1,0 +1,96 @@
+"""Deterministic seeds: split, never added.
+
+``derive_seed(seed, *path)`` gives an independent child seed for any path of non-negative integers
+(epoch, rank, worker id, sample index, ...). It uses :class:`numpy.random.SeedSequence` spawn keys,
+so ``derive_seed(s, 1, 0)`` and ``derive_seed(s, 0, 1)`` are unrelated, unlike ``s + 1``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = ["derive_seed", "sample_rng", "seed_everything", "seed_worker"]
+
+_MAX_SEED = 2**63 - 1
+
+
+def _check_non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"'{name}' must be a non-negative int (got {value!r} of type {type(value).__name__})")
+    if value < 0:
+        raise ValueError(
+            f"'{name}' must be >= 0 (got {value}); seeds and seed paths are non-negative integers, "
+            "pass e.g. abs(seed) or a fixed value like 0"
+        )
+    return int(value)
+
+
+def derive_seed(seed: int, *path: int) -> int:
+    """Derive an independent, non-negative 63-bit seed from ``seed`` and a path of integers.
+
+    Example:
+        >>> derive_seed(0, 1) != derive_seed(1, 0)
+        True
+    """
+    root = _check_non_negative_int("seed", seed)
+    key = tuple(_check_non_negative_int(f"path[{i}]", p) for i, p in enumerate(path))
+    state = np.random.SeedSequence(root, spawn_key=key).generate_state(1, dtype=np.uint64)
+    return int(state[0]) & _MAX_SEED
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global RNG and torch (CPU and CUDA) from one seed."""
+    seed = _check_non_negative_int("seed", seed)
+    random.seed(seed)
+    np.random.seed(derive_seed(seed, 0) % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int, *, seed: int | None = None, epoch: int = 0, rank: int = 0) -> None:
+    """Seed a DataLoader worker's Python, numpy and torch RNGs from ``(seed, epoch, rank, worker_id)``.
+
+    Usable directly as ``worker_init_fn``: without ``seed`` it reads the per-worker seed that the
+    DataLoader drew from its generator (``torch.utils.data.get_worker_info().seed``), so a loader with a
+    seeded ``generator`` is reproducible. :func:`statefuldata.make_loader` installs it with the
+    loader's seed, rank and pass index (epoch) filled in.
+
+    Global RNGs inside workers are reproducible from the start of a pass, not across a mid-pass
+    resume (a resumed worker has drawn fewer numbers). Draw per-sample randomness from
+    :func:`sample_rng` when augmentations must survive resumes.
+    """
+    if seed is None:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            raise RuntimeError(
+                "seed_worker(worker_id) without 'seed' must run inside a DataLoader worker "
+                "(got no worker info); pass seed=... to call it elsewhere"
+            )
+        seed = int(info.seed) & _MAX_SEED
+    child = derive_seed(seed, epoch, rank, worker_id)
+    random.seed(child)
+    np.random.seed(child % 2**32)
+    torch.manual_seed(child)
+
+
+def sample_rng(
+    seed: int, epoch: int, index: int, *, backend: Literal["torch", "numpy"] = "torch"
+) -> torch.Generator | np.random.Generator:
+    """A generator that depends only on ``(seed, epoch, index)`` of one sample.
+
+    Augmentations drawn from it are identical whatever the worker count and after any resume.
+
+    Example:
+        >>> g = sample_rng(0, epoch=0, index=7)
+        >>> bool(torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=sample_rng(0, 0, 7))))
+        True
+    """
+    child = derive_seed(seed, epoch, index)
+    if backend == "torch":
+        return torch.Generator().manual_seed(child)
+    if backend == "numpy":
+        return np.random.default_rng(child)
+    raise ValueError(f"'backend' must be 'torch' or 'numpy' (got {backend!r})")

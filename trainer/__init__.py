@@ -1,0 +1,1 @@
+"""A thin training loop that resumes mid-epoch bit-exactly from one checkpoint file."""
