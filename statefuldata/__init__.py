@@ -1,1 +1,36 @@
-"""Deterministic, checkpointable PyTorch data pipelines."""
+"""Deterministic, checkpointable PyTorch data pipelines.
+
+State is positions, not data: samplers store ``(epoch, position)``, the multi-loader scheduler stores
+its place in a schedule it can rebuild, and every state loads with ``torch.load(weights_only=True)``.
+"""
+
+from statefuldata.errors import IncompatibleStateError
+from statefuldata.fallback import SkipFallback
+from statefuldata.loader import SeededStatefulDataLoader, make_loader
+from statefuldata.permutation import FeistelPermutation
+from statefuldata.protocols import CheckpointableIterable, StatefulSampler
+from statefuldata.samplers import SequentialSampler, ShuffledSampler
+from statefuldata.seeding import derive_seed, sample_rng, seed_everything, seed_worker
+from statefuldata.testing import Mismatch, ResumeMismatchError, ResumeReport, verify_resume
+from statefuldata.wrapping import checkpointable
+
+__all__ = [
+    "CheckpointableIterable",
+    "FeistelPermutation",
+    "IncompatibleStateError",
+    "Mismatch",
+    "ResumeMismatchError",
+    "ResumeReport",
+    "SeededStatefulDataLoader",
+    "SequentialSampler",
+    "ShuffledSampler",
+    "SkipFallback",
+    "StatefulSampler",
+    "checkpointable",
+    "derive_seed",
+    "make_loader",
+    "sample_rng",
+    "seed_everything",
+    "seed_worker",
+    "verify_resume",
+]

@@ -3,7 +3,9 @@
 Timing rules, for every implementation in this package and the ones we expect from users:
 
 * ``state_dict()`` works at any time, including before the first item.
-* ``load_state_dict(state)`` takes effect at the next ``iter()``. An iterator that is already live
+* ``load_state_dict(state)`` takes effect at the next ``iter()``. Consume the loaded state inside
+  ``__iter__`` itself, not lazily in a generator body: a loader may call ``iter()`` and never draw
+  (a restore at the very end of a pass), and the pending state must not leak into the next pass. An iterator that is already live
   when state is loaded either follows the new state (samplers) or raises on its next item
   (iterables): it never silently continues from the old position.
 * State holds only ``int, float, bool, str, None``, lists, tuples, dicts and tensors, so it loads
@@ -16,7 +18,10 @@ Example of a checkpointable iterable dataset::
             self.n, self._start, self._pos = n, 0, 0
 
         def __iter__(self):
-            self._pos, self._start = self._start, 0
+            self._pos, self._start = self._start, 0  # consume the loaded state now
+            return self._items()
+
+        def _items(self):
             while self._pos < self.n:
                 self._pos += 1
                 yield self._pos - 1

@@ -20,7 +20,9 @@ _MAX_SEED = 2**63 - 1
 
 def _check_non_negative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"'{name}' must be a non-negative int (got {value!r} of type {type(value).__name__})")
+        raise TypeError(
+            f"'{name}' must be a non-negative int (got {value!r} of type {type(value).__name__})"
+        )
     if value < 0:
         raise ValueError(
             f"'{name}' must be >= 0 (got {value}); seeds and seed paths are non-negative integers, "

@@ -1,0 +1,239 @@
+"""Samplers whose whole state is ``(epoch, position)``: O(1) memory, O(1) restore.
+
+Both samplers walk a *global order* of ``range(n)`` (identity, or a keyed Feistel bijection re-keyed
+every epoch) and hand rank ``r`` of ``world_size`` the global positions ``r, r + W, r + 2W, ...``, padded
+by wrapping around (or truncated with ``drop_last``) exactly like ``torch.utils.data.DistributedSampler``.
+
+Epochs advance by themselves: ``iter()`` after a pass that yielded anything starts the next epoch (a
+fresh order). ``set_epoch(e)`` selects an epoch explicitly. ``load_state_dict`` takes effect at the next
+``iter()`` and redirects an iterator that is already live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import attrs
+import numpy as np
+
+from statefuldata.errors import IncompatibleStateError
+from statefuldata.permutation import FeistelPermutation
+from statefuldata.seeding import derive_seed
+
+__all__ = ["SequentialSampler", "ShuffledSampler"]
+
+_MIN_CHUNK = 512
+_MAX_CHUNK = 1 << 16
+
+
+def _positive_int(_instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"'{attribute.name}' must be an int (got {value!r})")
+    if value <= 0:
+        raise ValueError(
+            f"'{attribute.name}' must be > 0 (got {value}); a sampler needs a non-empty dataset"
+            if attribute.name == "n"
+            else f"'{attribute.name}' must be > 0 (got {value})"
+        )
+
+
+def _non_negative_int(_instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"'{attribute.name}' must be an int (got {value!r})")
+    if value < 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0 (got {value}); use e.g. 0")
+
+
+@attrs.define(eq=False)
+class _PositionSampler:
+    """Shared machinery: rank striding, padding, chunked iteration, state (see module docstring)."""
+
+    KEY_EPOCH: ClassVar[str] = "epoch"
+    KEY_POSITION: ClassVar[str] = "position"
+    KEY_FINGERPRINT: ClassVar[str] = "fingerprint"
+    KIND: ClassVar[str] = ""
+
+    n: int = attrs.field(validator=_positive_int)
+    rank: int = attrs.field(default=0, kw_only=True, validator=_non_negative_int)
+    world_size: int = attrs.field(default=1, kw_only=True, validator=_positive_int)
+    drop_last: bool = attrs.field(default=False, kw_only=True, converter=bool)
+
+    _epoch: int = attrs.field(init=False, default=0)
+    _position: int = attrs.field(init=False, default=0)
+    _pending: bool = attrs.field(init=False, default=True)
+    _exhausted: bool = attrs.field(init=False, default=False)
+    _generation: int = attrs.field(init=False, default=0)
+    _chunk: list[int] | None = attrs.field(init=False, default=None, repr=False)
+    _chunk_start: int = attrs.field(init=False, default=0)
+    _chunk_iter: Any = attrs.field(init=False, default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.rank >= self.world_size:
+            raise ValueError(
+                f"'rank' must be < world_size (got rank={self.rank}, world_size={self.world_size}); "
+                "ranks are numbered 0..world_size-1"
+            )
+        if self.drop_last and self.n < self.world_size:
+            raise ValueError(
+                f"drop_last=True with n={self.n} < world_size={self.world_size} leaves every rank "
+                "empty; use drop_last=False or a larger dataset"
+            )
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank yields per epoch."""
+        if self.drop_last:
+            return self.n // self.world_size
+        return -(-self.n // self.world_size)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def position(self) -> int:
+        """Samples of the current epoch already handed out by this rank."""
+        if self._chunk_iter is None:
+            return self._position
+        return self._chunk_start + len(self._chunk) - self._chunk_iter.__length_hint__()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first sample at the next ``iter()``."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        self._redirect(epoch, 0)
+
+    def _redirect(self, epoch: int, position: int) -> None:
+        if self._chunk is not None:
+            self._chunk.clear()  # a live iterator stops its chunk and re-reads the position
+        self._chunk, self._chunk_iter = None, None
+        self._epoch, self._position = int(epoch), int(position)
+        self._pending, self._exhausted = True, False
+
+    def __iter__(self) -> Iterator[int]:
+        if not self._pending and (self.position > 0 or self._exhausted):
+            self._redirect(self._epoch + 1, 0)
+        if self._chunk is not None:
+            self._chunk.clear()
+        self._chunk, self._chunk_iter = None, None
+        self._pending, self._exhausted = False, False
+        self._generation += 1
+        return self._generate(self._generation)
+
+    def _generate(self, generation: int) -> Iterator[int]:
+        size = _MIN_CHUNK
+        total = self.num_samples
+        while self._generation == generation:
+            start = self._position
+            if start >= total:
+                self._exhausted = True
+                return
+            end = min(start + size, total)
+            chunk = self._indices(start, end).tolist()
+            self._chunk, self._chunk_start = chunk, start
+            self._chunk_iter = it = iter(chunk)
+            yield from it
+            if self._chunk is chunk:  # ran to its end; otherwise state was redirected meanwhile
+                self._position, self._chunk, self._chunk_iter = end, None, None
+            size = min(size * 2, _MAX_CHUNK)
+
+    def _indices(self, start: int, end: int) -> np.ndarray:
+        global_positions = np.arange(start, end, dtype=np.int64) * self.world_size + self.rank
+        return self._order(global_positions % self.n)
+
+    def _order(self, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "kind": self.KIND,
+            "n": self.n,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "drop_last": self.drop_last,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "position", "fingerprint"}``; a few dozen bytes whatever ``n`` is."""
+        return {
+            self.KEY_EPOCH: self._epoch,
+            self.KEY_POSITION: self.position,
+            self.KEY_FINGERPRINT: self._fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``(epoch, position)``; raises ``IncompatibleStateError`` on another configuration."""
+        expected = {self.KEY_EPOCH, self.KEY_POSITION, self.KEY_FINGERPRINT}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise IncompatibleStateError(
+                f"{type(self).__name__} state must have keys {sorted(expected)} (got {got}); "
+                "pass the dict returned by state_dict()"
+            )
+        if state[self.KEY_FINGERPRINT] != self._fingerprint():
+            raise IncompatibleStateError(
+                f"{type(self).__name__} state was taken under {state[self.KEY_FINGERPRINT]} but this "
+                f"sampler is {self._fingerprint()}; rebuild the sampler with the saved configuration"
+            )
+        position = int(state[self.KEY_POSITION])
+        if not 0 <= position <= self.num_samples:
+            raise IncompatibleStateError(
+                f"position must be in [0, {self.num_samples}] (got {position}); the state is corrupt"
+            )
+        self._redirect(int(state[self.KEY_EPOCH]), position)
+
+
+@attrs.define(eq=False)
+class SequentialSampler(_PositionSampler):
+    """``0, 1, ..., n-1`` every epoch (strided by rank), with resumable state.
+
+    Example:
+        >>> s = SequentialSampler(5)
+        >>> list(s)
+        [0, 1, 2, 3, 4]
+
+    State keys: ``epoch``, ``position``, ``fingerprint``. Resume guarantee: after
+    ``load_state_dict(s.state_dict())`` the remaining indices equal the uninterrupted ones.
+    """
+
+    KIND: ClassVar[str] = "sequential"
+
+    def _order(self, positions: np.ndarray) -> np.ndarray:
+        return positions
+
+
+@attrs.define(eq=False)
+class ShuffledSampler(_PositionSampler):
+    """A fresh shuffled order of ``range(n)`` each epoch, computed lazily from ``(seed, epoch)``.
+
+    No permutation is materialised: the order is a Feistel bijection keyed by
+    ``derive_seed(seed, epoch)``, evaluated in vectorised chunks. Starting an epoch over 10^8 samples
+    costs milliseconds and O(1) memory; restore is O(1).
+
+    Example:
+        >>> s = ShuffledSampler(10, seed=0)
+        >>> first = list(s)
+        >>> sorted(first) == list(range(10)) and list(s) != first  # next epoch, new order
+        True
+
+    State keys: ``epoch``, ``position``, ``fingerprint`` (kind, n, seed, rank, world_size, drop_last).
+    Resume guarantee: the remaining indices after a restore equal the uninterrupted ones, exactly.
+    """
+
+    KIND: ClassVar[str] = "shuffled"
+
+    seed: int = attrs.field(default=0, kw_only=True, validator=_non_negative_int)
+    _perm: FeistelPermutation | None = attrs.field(init=False, default=None, repr=False)
+
+    def _order(self, positions: np.ndarray) -> np.ndarray:
+        key = derive_seed(self.seed, self._epoch)
+        if self._perm is None or self._perm.key != key:
+            self._perm = FeistelPermutation(self.n, key=key)
+        return self._perm(positions)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {**super()._fingerprint(), "seed": self.seed}

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from statefuldata import derive_seed, sample_rng, seed_everything, seed_worker
+
+
+def test_derive_seed_splits_never_adds() -> None:
+    seeds = {derive_seed(0, a, b) for a in range(20) for b in range(20)}
+    assert len(seeds) == 400
+    assert derive_seed(1, 0) != derive_seed(0, 1)
+    assert derive_seed(5) != derive_seed(5, 0)
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert derive_seed(3, 1, 2) == derive_seed(3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((-1,), r"'seed' must be >= 0 \(got -1\)"),
+        ((1, 0, -2), r"'path\[1\]' must be >= 0 \(got -2\)"),
+    ],
+)
+def test_derive_seed_bad_input(args, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        derive_seed(*args)
+
+
+def test_seed_worker_seeds_all_three_libraries() -> None:
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    seed_worker(1, seed=10, epoch=2, rank=0)
+    a = draw()
+    seed_worker(1, seed=10, epoch=2, rank=0)
+    assert draw() == a
+    seed_worker(1, seed=10, epoch=3, rank=0)
+    assert draw() != a
+    with pytest.raises(RuntimeError, match="must run inside a DataLoader worker"):
+        seed_worker(0)
+
+
+def test_sample_rng_depends_only_on_sample() -> None:
+    a = torch.rand(4, generator=sample_rng(1, 0, 5))
+    assert torch.equal(a, torch.rand(4, generator=sample_rng(1, 0, 5)))
+    assert not torch.equal(a, torch.rand(4, generator=sample_rng(1, 1, 5)))
+    assert (
+        sample_rng(1, 0, 5, backend="numpy").random()
+        == sample_rng(1, 0, 5, backend="numpy").random()
+    )
+    with pytest.raises(ValueError, match=r"'backend' must be 'torch' or 'numpy' \(got 'jax'\)"):
+        sample_rng(1, 0, 5, backend="jax")
+
+
+def test_seed_everything_is_reproducible() -> None:
+    seed_everything(3)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(3)
+    assert a == (random.random(), np.random.rand(), torch.rand(1).item())
