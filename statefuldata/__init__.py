@@ -4,26 +4,41 @@ State is positions, not data: samplers store ``(epoch, position)``, the multi-lo
 its place in a schedule it can rebuild, and every state loads with ``torch.load(weights_only=True)``.
 """
 
+from statefuldata.adapters import SkipBatchesLoader
+from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.fallback import SkipFallback
 from statefuldata.loader import SeededStatefulDataLoader, make_loader
+from statefuldata.manager import DataLoaderManager, EpochIterator, PhaseLoader
 from statefuldata.permutation import FeistelPermutation
 from statefuldata.protocols import CheckpointableIterable, StatefulSampler
 from statefuldata.samplers import SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, sample_rng, seed_everything, seed_worker
+from statefuldata.spec import LoaderSpec, PipelineSpec
+from statefuldata.state import DataLoaderState
 from statefuldata.testing import Mismatch, ResumeMismatchError, ResumeReport, verify_resume
 from statefuldata.wrapping import checkpointable
 
 __all__ = [
     "CheckpointableIterable",
+    "DataLoaderManager",
+    "DataLoaderState",
+    "EpochIterator",
+    "EpochLengthPolicy",
     "FeistelPermutation",
     "IncompatibleStateError",
+    "LoaderSpec",
     "Mismatch",
+    "MultiDataLoaderConfig",
+    "PhaseLoader",
+    "PipelineSpec",
     "ResumeMismatchError",
     "ResumeReport",
+    "SamplingStrategy",
     "SeededStatefulDataLoader",
     "SequentialSampler",
     "ShuffledSampler",
+    "SkipBatchesLoader",
     "SkipFallback",
     "StatefulSampler",
     "checkpointable",

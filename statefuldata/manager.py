@@ -1,0 +1,516 @@
+"""``DataLoaderManager``: drives several loaders through one schedule, with tiny, exact state.
+
+The schedule of an epoch is rebuilt from (config, loader lengths, epoch, seed) and never stored; the
+state is the position in it plus each loader's own position. A loader's pass continues across epoch
+boundaries; an exhausted loader starts a new pass (fresh order) when cycled, and its remaining
+entries are skipped when not.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+from torch.utils.data import DataLoader
+
+from statefuldata.adapters import SkipBatchesLoader
+from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
+from statefuldata.errors import IncompatibleStateError
+from statefuldata.schedule import (
+    build_schedule,
+    choice_rng_for_epoch,
+    epoch_length,
+    quotas,
+    rng_state_from_plain,
+    rng_state_to_plain,
+)
+from statefuldata.state import (
+    STATE_VERSION,
+    DataLoaderState,
+    join_loader_state,
+    split_loader_state,
+)
+
+__all__ = ["DataLoaderManager", "EpochIterator", "PhaseLoader"]
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("train", "val")
+_SKIPPED = object()
+
+KEYS_MANAGER = ("choice_rng_state", "choice_rng", "train_iterator_state", "val_iterator_state")
+KEYS_ITERATOR = (
+    "schedule_position",
+    "loader_states",
+    "total_batches",
+    "loader_cycles",
+    "prefetched_batches",
+    "epoch",
+    "fingerprint",
+    "version",
+    "loader_batches",
+    "loader_samples",
+)
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _samples_in(batch: Any) -> int:
+    """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
+    while True:
+        if hasattr(batch, "shape") and len(batch.shape) > 0:
+            return int(batch.shape[0])
+        if isinstance(batch, dict) and batch:
+            batch = next(iter(batch.values()))
+        elif isinstance(batch, (list, tuple)) and batch:
+            if not hasattr(batch[0], "shape") and not isinstance(batch[0], (dict, list, tuple)):
+                return len(batch)
+            batch = batch[0]
+        else:
+            return 1
+
+
+def _in_flight(loader: Any) -> int:
+    """Batches a multi-process loader has requested but not yet handed out (prefetch depth)."""
+    it = getattr(loader, "_iterator", None)
+    sent, received = getattr(it, "_send_idx", 0), getattr(it, "_rcvd_idx", 0)
+    return max(0, int(sent) - int(received))
+
+
+def _adopt(loader: Any, name: str) -> Any:
+    if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict"):
+        return loader
+    if isinstance(loader, DataLoader) or hasattr(loader, "__iter__"):
+        return SkipBatchesLoader(loader, name=name)
+    raise TypeError(f"loader {name!r} must be iterable (got {type(loader).__name__})")
+
+
+@attrs.define(eq=False)
+class _Cursor:
+    loader: Any
+    iterator: Iterator[Any] | None = None
+    batch_idx: int = 0
+    exhausted: bool = False
+
+
+@attrs.define(eq=False)
+class _Group:
+    """The loaders of one phase, their config and where each stands."""
+
+    phase: str
+    config: MultiDataLoaderConfig
+    names: tuple[str, ...]
+    cursors: list[_Cursor]
+    lengths: list[int | None]
+    total: int
+    fingerprint: dict[str, Any]
+    pending: dict[str, Any] | None = None
+    pending_rng: Any = None
+    current: EpochIterator | None = None
+    generation: int = 0
+
+
+def _fingerprint(
+    phase: str, config: MultiDataLoaderConfig, names, loaders, lengths
+) -> dict[str, Any]:
+    def seed_of(loader: Any) -> int | None:
+        seed = getattr(loader, "seed", None)
+        return getattr(getattr(loader, "sampler", None), "seed", None) if seed is None else seed
+
+    return {
+        "phase": phase,
+        "names": list(names),
+        "lengths": list(lengths),
+        "batch_sizes": [getattr(ld, "batch_size", None) for ld in loaders],
+        "num_workers": [getattr(ld, "num_workers", 0) for ld in loaders],
+        "seeds": [seed_of(ld) for ld in loaders],
+        "config": config.to_dict(),
+    }
+
+
+class EpochIterator:
+    """Yields ``(loader_idx, loader_name, batch)`` for one epoch of one phase, following the schedule."""
+
+    def __init__(
+        self, manager: DataLoaderManager, group: _Group, epoch: int, rng_plain: Any
+    ) -> None:
+        self._manager, self._group, self.epoch = manager, group, epoch
+        self.choice_rng = rng_plain
+        rng = None if rng_plain is None else rng_state_from_plain(rng_plain)
+        self.schedule = build_schedule(group.config, group.lengths, epoch, rng=rng)
+        n = len(group.cursors)
+        self.position, self.total_batches = 0, 0
+        self.loader_cycles = dict.fromkeys(range(n), 0)
+        self.loader_batches, self.loader_samples = [0] * n, [0] * n
+        self._generation = group.generation
+
+    def __iter__(self) -> EpochIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.schedule)
+
+    def __next__(self) -> tuple[int, str, Any]:
+        if self._generation != self._group.generation:
+            raise RuntimeError(
+                "this epoch iterator was superseded by load_state_dict() or a newer "
+                "create_epoch_iterator(); create a new one to continue from the loaded state"
+            )
+        while self.position < len(self.schedule):
+            index = self.schedule[self.position]
+            batch = self._fetch(index)
+            self.position += 1
+            if batch is _SKIPPED:
+                continue
+            self.total_batches += 1
+            self.loader_batches[index] += 1
+            self.loader_samples[index] += _samples_in(batch)
+            return index, self._group.names[index], batch
+        raise StopIteration
+
+    def _fetch(self, index: int) -> Any:
+        cursor = self._group.cursors[index]
+        if cursor.exhausted:
+            return _SKIPPED
+        for _attempt in range(2):  # the current pass, then at most one fresh pass
+            if cursor.iterator is None:
+                cursor.iterator = iter(cursor.loader)
+            try:
+                batch = next(cursor.iterator)
+            except StopIteration:
+                cursor.iterator, cursor.batch_idx = None, 0
+                if not self._group.config.cycle_short_loaders and self.loader_batches[index] > 0:
+                    cursor.exhausted = True
+                    return _SKIPPED
+                if self.loader_batches[index] > 0:
+                    self.loader_cycles[index] += 1
+                continue
+            cursor.batch_idx += 1
+            return batch
+        raise RuntimeError(
+            f"loader {self._group.names[index]!r} yielded no batch in a fresh pass; an empty loader "
+            "cannot be scheduled (check its dataset length, batch_size and drop_last)"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The v1 Iterator State (plus epoch, fingerprint, version and per-loader counts)."""
+        entries = []
+        for cursor in self._group.cursors:
+            entry = split_loader_state(copy.deepcopy(cursor.loader.state_dict()))
+            entry.batch_idx, entry.exhausted = cursor.batch_idx, cursor.exhausted
+            entries.append(entry.to_dict())
+        return {
+            "schedule_position": self.position,
+            "loader_states": entries,
+            "total_batches": self.total_batches,
+            "loader_cycles": dict(self.loader_cycles),
+            "prefetched_batches": sum(_in_flight(c.loader) for c in self._group.cursors),
+            "epoch": self.epoch,
+            "fingerprint": self._group.fingerprint,
+            "version": STATE_VERSION,
+            "loader_batches": list(self.loader_batches),
+            "loader_samples": list(self.loader_samples),
+        }
+
+    def proportions(self) -> list[dict[str, Any]]:
+        """Per loader: batches and samples drawn this epoch, expected vs actual share of batches."""
+        group = self._group
+        if group.config.sampling_strategy is SamplingStrategy.WEIGHTED_RANDOM:
+            weights = np.asarray(group.config.dataloader_weights, dtype=float)
+            expected = (weights / weights.sum()).tolist()
+        else:
+            expected = [
+                q / group.total if group.total else 0.0
+                for q in quotas(group.config, group.lengths, group.total)
+            ]
+        done = max(self.total_batches, 1)
+        return [
+            {
+                "loader": name,
+                "batches": self.loader_batches[i],
+                "samples": self.loader_samples[i],
+                "expected_share": expected[i],
+                "actual_share": self.loader_batches[i] / done,
+                "cycles": self.loader_cycles[i],
+            }
+            for i, name in enumerate(group.names)
+        ]
+
+
+class DataLoaderManager:
+    """Mix several loaders per phase following a :class:`MultiDataLoaderConfig`; resume exactly.
+
+    Example:
+        >>> from statefuldata import make_loader
+        >>> m = DataLoaderManager(
+        ...     [make_loader(list(range(6)), batch_size=2), make_loader(list(range(4)), batch_size=2)],
+        ...     train_config=MultiDataLoaderConfig(sampling_strategy="round_robin"),
+        ... )
+        >>> [(i, b.tolist()) for i, _, b in m.create_epoch_iterator("train", 0)]
+        [(0, [0, 1]), (1, [0, 1]), (0, [2, 3]), (1, [2, 3]), (0, [4, 5])]
+
+    State (v1 ``dataloader_manager_state``): ``choice_rng_state``, ``choice_rng``,
+    ``train_iterator_state``, ``val_iterator_state``; each iterator state records its epoch and a
+    fingerprint of the configuration. Resume guarantee: the remaining ``(loader, batch)`` sequence
+    after ``load_state_dict`` equals the uninterrupted one, at any batch and across epochs.
+    """
+
+    def __init__(
+        self,
+        train_loaders: Sequence[Any],
+        val_loaders: Sequence[Any] | None = None,
+        train_config: MultiDataLoaderConfig | None = None,
+        val_config: MultiDataLoaderConfig | None = None,
+    ) -> None:
+        self._groups: dict[str, _Group] = {}
+        self._add_group("train", train_loaders, train_config or MultiDataLoaderConfig())
+        if val_loaders:
+            self._add_group("val", val_loaders, val_config or MultiDataLoaderConfig())
+        self.config_snapshot: dict[str, Any] | None = None
+
+    def _add_group(self, phase: str, loaders: Sequence[Any], config: MultiDataLoaderConfig) -> None:
+        if isinstance(loaders, (str, bytes)) or not isinstance(loaders, Sequence) or not loaders:
+            raise ValueError(
+                f"{phase}_loaders must be a non-empty list of loaders (got {loaders!r}); "
+                "pass e.g. [make_loader(dataset, batch_size=32)]"
+            )
+        if not isinstance(config, MultiDataLoaderConfig):
+            raise TypeError(
+                f"{phase}_config must be a MultiDataLoaderConfig (got {type(config).__name__})"
+            )
+        names = config.dataloader_names or tuple(f"{phase}_{i}" for i in range(len(loaders)))
+        config.validate_for(len(loaders), list(names))
+        adopted = [_adopt(loader, name) for loader, name in zip(loaders, names)]
+        lengths = [_length(loader) for loader in adopted]
+        total = epoch_length(config, lengths)
+        self._groups[phase] = _Group(
+            phase=phase,
+            config=config,
+            names=tuple(names),
+            cursors=[_Cursor(loader) for loader in adopted],
+            lengths=lengths,
+            total=total,
+            fingerprint=_fingerprint(phase, config, names, adopted, lengths),
+        )
+
+    def _group(self, phase: str) -> _Group:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {list(PHASES)} (got {phase!r})")
+        if phase not in self._groups:
+            raise ValueError(
+                f"no {phase} loaders were given; pass {phase}_loaders=[...] to DataLoaderManager"
+            )
+        return self._groups[phase]
+
+    def has_phase(self, phase: str) -> bool:
+        return phase in self._groups
+
+    def names(self, phase: str = "train") -> tuple[str, ...]:
+        return self._group(phase).names
+
+    def loaders(self, phase: str = "train") -> list[Any]:
+        return [cursor.loader for cursor in self._group(phase).cursors]
+
+    def epoch_length(self, phase: str = "train") -> int:
+        return self._group(phase).total
+
+    def fingerprint(self, phase: str = "train") -> dict[str, Any]:
+        return self._group(phase).fingerprint
+
+    def current_iterator(self, phase: str = "train") -> EpochIterator | None:
+        return self._group(phase).current
+
+    def create_epoch_iterator(
+        self, phase: str = "train", epoch: int | None = None
+    ) -> EpochIterator:
+        """The iterator of ``epoch`` (default: the restored epoch, else the one after the last).
+
+        After :meth:`load_state_dict`, asking for the saved epoch continues it mid-way; asking for
+        the next epoch is allowed when the saved one was complete (a checkpoint at its last batch).
+        """
+        group = self._group(phase)
+        pending, group.pending = group.pending, None
+        pending_rng, group.pending_rng = group.pending_rng, None
+        if epoch is None:
+            epoch = (
+                pending["epoch"] if pending else (group.current.epoch + 1 if group.current else 0)
+            )
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        group.generation += 1
+        resume = pending is not None and pending["epoch"] == epoch
+        if pending is not None and not resume:
+            complete = pending["schedule_position"] >= group.total
+            if not (complete and epoch == pending["epoch"] + 1):
+                raise IncompatibleStateError(
+                    f"the loaded {phase} state is at step {pending['schedule_position']} of "
+                    f"{group.total} in epoch {pending['epoch']}; it cannot start epoch {epoch}. "
+                    f"Ask for epoch {pending['epoch']} (or {pending['epoch'] + 1} once it is complete)"
+                )
+        rng_plain = None
+        if group.config.sampling_strategy is SamplingStrategy.WEIGHTED_RANDOM:
+            saved = pending_rng if resume else None
+            rng_plain = (
+                saved
+                if saved is not None
+                else rng_state_to_plain(choice_rng_for_epoch(group.config, epoch))
+            )
+        iterator = EpochIterator(self, group, epoch, rng_plain)
+        if resume:
+            iterator.position = pending["schedule_position"]
+            iterator.total_batches = pending["total_batches"]
+            iterator.loader_cycles = {int(k): int(v) for k, v in pending["loader_cycles"].items()}
+            iterator.loader_batches = list(pending["loader_batches"])
+            iterator.loader_samples = list(pending["loader_samples"])
+        else:
+            for cursor in group.cursors:
+                cursor.exhausted = False
+        group.current = iterator
+        return iterator
+
+    def reset_phase(self, phase: str) -> None:
+        """Drop live passes of a phase so its next epoch starts every loader on a fresh pass."""
+        group = self._group(phase)
+        group.generation += 1
+        for cursor in group.cursors:
+            cursor.iterator, cursor.batch_idx, cursor.exhausted = None, 0, False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The v1 ``dataloader_manager_state`` (plain types and tensors only)."""
+        states = {}
+        for phase in PHASES:
+            group = self._groups.get(phase)
+            if group is None:
+                states[phase] = None
+            elif group.pending is not None:
+                states[phase] = group.pending
+            elif group.current is not None:
+                states[phase] = group.current.state_dict()
+            else:
+                states[phase] = None
+        train = self._groups["train"]
+        current = train.current
+        if train.pending is not None:
+            choice_rng, epoch = train.pending_rng, train.pending["epoch"]
+        else:
+            choice_rng = current.choice_rng if current is not None else None
+            epoch = current.epoch if current is not None else None
+        return {
+            "choice_rng_state": {
+                "seed": train.config.choice_rng_seed,
+                "epoch": epoch,
+                "strategy": train.config.sampling_strategy.value,
+            },
+            "choice_rng": choice_rng,
+            "train_iterator_state": states["train"],
+            "val_iterator_state": states["val"],
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, strict: bool = True) -> None:
+        """Restore positions; takes effect at the next :meth:`create_epoch_iterator`.
+
+        Raises ``IncompatibleStateError`` if the state was taken under another configuration
+        (``strict=False`` skips the fingerprint comparison, at your own risk).
+        """
+        if not isinstance(state, dict) or set(state) != set(KEYS_MANAGER):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise IncompatibleStateError(
+                f"manager state must have keys {sorted(KEYS_MANAGER)} (got {got}); pass the dict "
+                "returned by DataLoaderManager.state_dict()"
+            )
+        for phase in PHASES:
+            iterator_state = state[f"{phase}_iterator_state"]
+            if iterator_state is None:
+                continue
+            group = self._group(phase)
+            self._check_iterator_state(group, iterator_state, strict)
+            group.generation += 1
+            for cursor, raw in zip(group.cursors, iterator_state["loader_states"]):
+                entry = DataLoaderState.from_dict(raw)
+                loader_state = join_loader_state(entry)
+                if loader_state is not None:
+                    cursor.loader.load_state_dict(loader_state)
+                cursor.iterator, cursor.batch_idx, cursor.exhausted = (
+                    None,
+                    entry.batch_idx,
+                    entry.exhausted,
+                )
+            group.pending, group.current = iterator_state, None
+            if phase == "train":
+                group.pending_rng = state["choice_rng"]
+        if iterator_state := state["train_iterator_state"]:
+            logger.debug(
+                "restored train position %d (epoch %d); %d prefetched batches will be fetched again",
+                iterator_state["schedule_position"],
+                iterator_state["epoch"],
+                iterator_state["prefetched_batches"],
+            )
+
+    def _check_iterator_state(self, group: _Group, state: dict[str, Any], strict: bool) -> None:
+        if not isinstance(state, dict) or set(state) != set(KEYS_ITERATOR):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise IncompatibleStateError(
+                f"{group.phase} iterator state must have keys {sorted(KEYS_ITERATOR)} (got {got})"
+            )
+        if state["version"] != STATE_VERSION:
+            raise IncompatibleStateError(
+                f"{group.phase} iterator state has version {state['version']}, this library reads "
+                f"version {STATE_VERSION}; upgrade statefuldata to read it"
+            )
+        if len(state["loader_states"]) != len(group.cursors):
+            raise IncompatibleStateError(
+                f"{group.phase} state has {len(state['loader_states'])} loaders, this manager has "
+                f"{len(group.cursors)}; rebuild the pipeline the state was taken with"
+            )
+        if strict and state["fingerprint"] != group.fingerprint:
+            diff = {
+                key: {"saved": state["fingerprint"].get(key), "current": value}
+                for key, value in group.fingerprint.items()
+                if state["fingerprint"].get(key) != value
+            }
+            raise IncompatibleStateError(
+                f"{group.phase} state was taken under another configuration: {diff}. Rebuild the "
+                "pipeline with the saved configuration, or pass strict=False to load it anyway"
+            )
+
+    def as_loader(self, phase: str = "train") -> PhaseLoader:
+        """View one phase as a loader whose passes are epochs, e.g. for :func:`verify_resume`."""
+        self._group(phase)
+        return PhaseLoader(self, phase)
+
+    def proportions(self, phase: str = "train") -> list[dict[str, Any]]:
+        """Per-epoch proportions report of the current (or last) epoch of ``phase``."""
+        current = self._group(phase).current
+        if current is None:
+            raise RuntimeError(
+                f"no {phase} epoch has been iterated yet; call create_epoch_iterator first"
+            )
+        return current.proportions()
+
+
+class PhaseLoader:
+    """A manager phase seen as one loader: each ``iter()`` is the next epoch (see :meth:`as_loader`)."""
+
+    def __init__(self, manager: DataLoaderManager, phase: str) -> None:
+        self.manager, self.phase = manager, phase
+
+    def __iter__(self) -> EpochIterator:
+        return self.manager.create_epoch_iterator(self.phase)
+
+    def __len__(self) -> int:
+        return self.manager.epoch_length(self.phase)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.manager.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.manager.load_state_dict(state)

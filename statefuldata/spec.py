@@ -1,0 +1,165 @@
+"""Declarative recipes: ``LoaderSpec`` and ``PipelineSpec`` build the same objects as the imperative path.
+
+``PipelineSpec(...).build()`` equals ``DataLoaderManager([make_loader(...) ...], train_config=
+MultiDataLoaderConfig(...))`` with the same arguments: same schedules, batches and state.
+``to_dict()`` is a plain-typed snapshot (datasets described by class name and length) that the trainer
+stores as the checkpoint's ``config_snapshot``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
+from statefuldata.loader import make_loader
+from statefuldata.manager import DataLoaderManager
+
+__all__ = ["LoaderSpec", "PipelineSpec"]
+
+
+def _describe(dataset: Any) -> dict[str, Any]:
+    try:
+        length: int | None = len(dataset)
+    except TypeError:
+        length = None
+    return {"class": type(dataset).__name__, "length": length}
+
+
+def _int_at_least(minimum: int):
+    def check(_inst: object, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and attribute.name == "seed":
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"'{attribute.name}' must be an int >= {minimum} (got {value!r})")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class LoaderSpec:
+    """How to load one dataset. ``seed=None`` takes the pipeline's seed.
+
+    Example:
+        >>> LoaderSpec(name="digits", dataset=list(range(10)), batch_size=4, shuffle=True).to_dict()["dataset"]
+        {'class': 'list', 'length': 10}
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    dataset: Any = attrs.field(eq=False)
+    batch_size: int = attrs.field(default=1, validator=_int_at_least(1))
+    shuffle: bool = False
+    num_workers: int = attrs.field(default=0, validator=_int_at_least(0))
+    weight: float | None = None
+    drop_last: bool = False
+    seed: int | None = attrs.field(default=None, validator=_int_at_least(0))
+    loader_kwargs: dict[str, Any] = attrs.field(factory=dict, eq=False)
+
+    def build(self, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> Any:
+        return make_loader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            seed=seed if self.seed is None else self.seed,
+            num_workers=self.num_workers,
+            drop_last=self.drop_last,
+            rank=rank,
+            world_size=world_size,
+            **self.loader_kwargs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dataset": _describe(self.dataset),
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "num_workers": self.num_workers,
+            "weight": self.weight,
+            "drop_last": self.drop_last,
+            "seed": self.seed,
+        }
+
+
+def _loader_specs(value: Any) -> tuple[LoaderSpec, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class PipelineSpec:
+    """A whole data pipeline: train (and optional val) loaders and how they are mixed.
+
+    Example:
+        >>> spec = PipelineSpec(
+        ...     loaders=[LoaderSpec(name="a", dataset=list(range(8)), batch_size=2, weight=0.75),
+        ...              LoaderSpec(name="b", dataset=list(range(8)), batch_size=2, weight=0.25)],
+        ...     sampling_strategy="weighted", epoch_length_policy="fixed_num_steps", steps_per_epoch=4)
+        >>> [name for _, name, _ in spec.build().create_epoch_iterator("train", 0)]
+        ['a', 'a', 'a', 'b']
+    """
+
+    loaders: tuple[LoaderSpec, ...] = attrs.field(converter=_loader_specs)
+    sampling_strategy: SamplingStrategy | str = SamplingStrategy.SEQUENTIAL
+    epoch_length_policy: EpochLengthPolicy | str = EpochLengthPolicy.SUM_OF_LENGTHS
+    steps_per_epoch: int | None = None
+    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    alternating_pattern: tuple[int, ...] | None = None
+    cycle_short_loaders: bool = True
+    burst_size: int = 1
+    val_loaders: tuple[LoaderSpec, ...] = attrs.field(default=(), converter=_loader_specs)
+    rank: int = 0
+    world_size: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if not self.loaders:
+            raise ValueError("PipelineSpec needs at least one LoaderSpec in 'loaders' (got none)")
+        self.train_config()  # validates strategy, weights, names once, at construction
+        if self.val_loaders:
+            self.val_config()
+
+    def train_config(self) -> MultiDataLoaderConfig:
+        weights = [spec.weight for spec in self.loaders]
+        return MultiDataLoaderConfig(
+            sampling_strategy=self.sampling_strategy,
+            dataloader_weights=None if all(w is None for w in weights) else weights,
+            alternating_pattern=self.alternating_pattern,
+            dataloader_names=[spec.name for spec in self.loaders],
+            epoch_length_policy=self.epoch_length_policy,
+            steps_per_epoch=self.steps_per_epoch,
+            cycle_short_loaders=self.cycle_short_loaders,
+            burst_size=self.burst_size,
+            choice_rng_seed=self.seed,
+        )
+
+    def val_config(self) -> MultiDataLoaderConfig:
+        return MultiDataLoaderConfig(
+            sampling_strategy=SamplingStrategy.SEQUENTIAL,
+            dataloader_names=[spec.name for spec in self.val_loaders],
+        )
+
+    def build(self) -> DataLoaderManager:
+        def make(specs: tuple[LoaderSpec, ...]) -> list[Any]:
+            return [
+                s.build(seed=self.seed, rank=self.rank, world_size=self.world_size) for s in specs
+            ]
+
+        manager = DataLoaderManager(
+            make(self.loaders),
+            make(self.val_loaders) or None,
+            train_config=self.train_config(),
+            val_config=self.val_config() if self.val_loaders else None,
+        )
+        manager.config_snapshot = self.to_dict()
+        return manager
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-typed snapshot (JSON-serialisable) of the recipe."""
+        return {
+            "loaders": [spec.to_dict() for spec in self.loaders],
+            "val_loaders": [spec.to_dict() for spec in self.val_loaders],
+            "train_config": self.train_config().to_dict(),
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
