@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -16,7 +18,7 @@ from statefuldata.samplers import SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
 from statefuldata.wrapping import checkpointable, is_map_style
 
-__all__ = ["SeededStatefulDataLoader", "make_loader"]
+__all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +65,25 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         """Pass index of the current (or last) iterator; -1 before the first."""
         return self._epoch
 
+    def _shutdown_current(self) -> None:
+        # torchdata drops replaced iterators without stopping their workers (e.g. a restored
+        # iterator that is already finished is replaced at once); they would linger until collected.
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+
     def _get_iterator(self) -> Any:
+        self._shutdown_current()
         if self.next_iter_state is not None and self._restored_epoch is not None:
             self._epoch, self._restored_epoch = self._restored_epoch, None
         else:
             self._epoch += 1
         if isinstance(self.worker_init_fn, _WorkerSeeder):
             self.worker_init_fn.epoch = self._epoch
-        return super()._get_iterator()
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with frozen_heap_for_fork():
+            return super()._get_iterator()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -79,8 +92,44 @@ class SeededStatefulDataLoader(StatefulDataLoader):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         epoch = state.pop(self.KEY_EPOCH, None)
+        self._shutdown_current()
         super().load_state_dict(state)
         self._restored_epoch = None if epoch is None or not state else int(epoch)
+
+
+@contextlib.contextmanager
+def frozen_heap_for_fork() -> Iterator[None]:
+    """Collect garbage, then keep the garbage collector of forked workers off inherited objects.
+
+    DataLoader iterators live in reference cycles. A worker forked while an abandoned iterator is
+    still uncollected inherits it and may collect it: its ``__del__`` then shuts down workers that
+    are not the child's own (signalling their queues), and pass starts stall for seconds. Collecting
+    first and freezing the heap across the fork (``gc.freeze``, undone in the parent right after)
+    leaves children nothing of the kind to collect.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def close_loader(loader: Any) -> None:
+    """Stop a loader's worker processes now instead of whenever garbage collection runs.
+
+    Abandoning a multi-process iterator mid-pass leaves its workers alive until the iterator is
+    collected; collection can then happen at an awkward moment (while new workers are being forked)
+    and hang. Call this when a loader will not be iterated again, or before replacing its iterator.
+    """
+    close = getattr(loader, "close", None)
+    if callable(close):
+        close()
+        return
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
 
 
 def _check(name: str, value: Any, *, minimum: int, hint: str) -> None:

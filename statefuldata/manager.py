@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.errors import IncompatibleStateError
+from statefuldata.loader import SeededStatefulDataLoader, close_loader, frozen_heap_for_fork
 from statefuldata.schedule import (
     build_schedule,
     choice_rng_for_epoch,
@@ -100,6 +101,18 @@ class _Cursor:
     iterator: Iterator[Any] | None = None
     batch_idx: int = 0
     exhausted: bool = False
+
+
+def _start_pass(loader: Any) -> Iterator[Any]:
+    if getattr(loader, "num_workers", 0) > 0 and not isinstance(loader, SeededStatefulDataLoader):
+        with frozen_heap_for_fork():
+            return iter(loader)
+    return iter(loader)
+
+
+def _drop_pass(cursor: _Cursor) -> None:
+    close_loader(cursor.loader)
+    cursor.iterator = None
 
 
 @attrs.define(eq=False)
@@ -183,7 +196,7 @@ class EpochIterator:
             return _SKIPPED
         for _attempt in range(2):  # the current pass, then at most one fresh pass
             if cursor.iterator is None:
-                cursor.iterator = iter(cursor.loader)
+                cursor.iterator = _start_pass(cursor.loader)
             try:
                 batch = next(cursor.iterator)
             except StopIteration:
@@ -382,7 +395,14 @@ class DataLoaderManager:
         group = self._group(phase)
         group.generation += 1
         for cursor in group.cursors:
-            cursor.iterator, cursor.batch_idx, cursor.exhausted = None, 0, False
+            _drop_pass(cursor)
+            cursor.batch_idx, cursor.exhausted = 0, False
+
+    def close(self) -> None:
+        """Stop every loader's worker processes (the manager stays usable: passes restart lazily)."""
+        for group in self._groups.values():
+            for cursor in group.cursors:
+                _drop_pass(cursor)
 
     def state_dict(self) -> dict[str, Any]:
         """The v1 ``dataloader_manager_state`` (plain types and tensors only)."""
@@ -436,6 +456,7 @@ class DataLoaderManager:
             group.generation += 1
             for cursor, raw in zip(group.cursors, iterator_state["loader_states"]):
                 entry = DataLoaderState.from_dict(raw)
+                _drop_pass(cursor)
                 loader_state = join_loader_state(entry)
                 if loader_state is not None:
                     cursor.loader.load_state_dict(loader_state)
@@ -514,3 +535,6 @@ class PhaseLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.manager.load_state_dict(state)
+
+    def close(self) -> None:
+        self.manager.close()

@@ -18,6 +18,8 @@ import attrs
 import numpy as np
 import torch
 
+from statefuldata.loader import close_loader
+
 __all__ = ["Mismatch", "ResumeMismatchError", "ResumeReport", "verify_resume"]
 
 _MAX_DEFAULT_POINTS = 48
@@ -83,6 +85,10 @@ class _Stream:
     def __init__(self, loader: Iterable[Any], passes: int) -> None:
         self.loader, self.passes_left = loader, passes
         self._it: Any = None
+
+    def close(self) -> None:
+        self._it = None
+        close_loader(self.loader)
 
     def take(self, count: int | None) -> list[Any]:
         out: list[Any] = []
@@ -153,6 +159,7 @@ def verify_resume(
         stream.passes_left = 1
         reference.extend(stream.take(None))
         boundaries.append(len(reference))
+    stream.close()
     total = len(reference)
     prefetch = getattr(reference_loader, "num_workers", 0) * (
         getattr(reference_loader, "prefetch_factor", None) or 0
@@ -207,24 +214,32 @@ def _check_point(
     raise_errors: bool,
 ) -> Mismatch | None:
     epochs = len(boundaries)
+    streams: list[_Stream] = []
     try:
         first = _Stream(factory(), epochs)
+        streams.append(first)
         first.take(k)
-        resumed = _resume_from(factory, first.loader.state_dict(), epochs - _pass_of(k, boundaries))
+        state = first.loader.state_dict()
+        first.close()
+        resumed = _resume_from(factory, state, epochs - _pass_of(k, boundaries))
+        streams.append(resumed)
         half = (len(reference) - k) // 2
-        got = resumed.take(half)
-        mismatch = _compare(k, k, reference[k : k + half], got)
+        mismatch = _compare(k, k, reference[k : k + half], resumed.take(half))
         if mismatch is not None:
             return mismatch
-        again = _resume_from(
-            factory, resumed.loader.state_dict(), epochs - _pass_of(k + half, boundaries)
-        )
+        state = resumed.loader.state_dict()
+        again = _resume_from(factory, state, epochs - _pass_of(k + half, boundaries))
+        streams.append(again)
         rest_of_resumed = resumed.take(None)
         rest_of_again = again.take(None)
     except Exception as exc:
         if raise_errors:
             raise
         return Mismatch(k, k, None, None, f"resumed run raised {type(exc).__name__}: {exc}")
-    return _compare(k, k + half, reference[k + half :], rest_of_resumed) or _compare(
-        k, k + half, reference[k + half :], rest_of_again
+    finally:
+        for stream in streams:
+            stream.close()
+    rest = reference[k + half :]
+    return _compare(k, k + half, rest, rest_of_resumed) or _compare(
+        k, k + half, rest, rest_of_again
     )

@@ -38,7 +38,7 @@ def test_fallback_warns_exactly_once_per_restore_with_the_fix(caplog) -> None:
     next(it), next(it)
     state = loader.state_dict()
     with caplog.at_level(logging.WARNING):
-        for b in make_loader(PlainStream(10), batch_size=2):
+        for _ in make_loader(PlainStream(10), batch_size=2):
             pass
     assert not caplog.records  # no restore, no warning
     rest = _restore_and_read(PlainStream(10), state, caplog)

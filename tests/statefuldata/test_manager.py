@@ -23,7 +23,9 @@ STRATEGIES = list(SamplingStrategy)
 POLICIES = list(EpochLengthPolicy)
 
 
-def config_for(strategy: SamplingStrategy, policy: EpochLengthPolicy, **extra) -> MultiDataLoaderConfig:
+def config_for(
+    strategy: SamplingStrategy, policy: EpochLengthPolicy, **extra
+) -> MultiDataLoaderConfig:
     return MultiDataLoaderConfig(
         sampling_strategy=strategy,
         dataloader_weights=[0.5, 0.3, 0.2] if strategy.value.startswith("weighted") else None,
@@ -46,7 +48,9 @@ def three_loaders(num_workers: int) -> list:
 
 
 def manager_factory(strategy, policy, num_workers, **extra):
-    return lambda: DataLoaderManager(three_loaders(num_workers), train_config=config_for(strategy, policy, **extra))
+    return lambda: DataLoaderManager(
+        three_loaders(num_workers), train_config=config_for(strategy, policy, **extra)
+    )
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.value)
@@ -60,27 +64,41 @@ def test_resume_at_every_batch_equals_uninterrupted(strategy, policy) -> None:
     assert report.total_batches > 0
 
 
+# Worker processes make every point cost seconds, so each strategy runs under one policy (every
+# policy is covered) at points inside the prefetch window (2 workers x prefetch 2) and around the
+# epoch boundary; the single-process test above covers every point of every combination.
+WORKER_CASES = [
+    (SamplingStrategy.SEQUENTIAL, EpochLengthPolicy.SUM_OF_LENGTHS),
+    (SamplingStrategy.ROUND_ROBIN, EpochLengthPolicy.MAX_OF_LENGTHS),
+    (SamplingStrategy.WEIGHTED, EpochLengthPolicy.FIXED_NUM_STEPS),
+    (SamplingStrategy.WEIGHTED_RANDOM, EpochLengthPolicy.MIN_OF_LENGTHS),
+    (SamplingStrategy.ALTERNATING, EpochLengthPolicy.SUM_OF_LENGTHS),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.value)
-@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.value)
+@pytest.mark.parametrize(("strategy", "policy"), WORKER_CASES, ids=lambda v: v.value)
 def test_resume_with_two_workers_mid_prefetch_and_across_epochs(strategy, policy) -> None:
     factory = manager_factory(strategy, policy, 2)
     total = factory().epoch_length("train")
-    # every point of the first epoch's prefetch window, the epoch boundary and the end
-    points = sorted({0, 1, 2, 3, 4, 5, total // 2, total - 1, total, total + 1})
+    points = sorted({0, 2, 5, total - 1, total, total + 2})
     report = verify_resume(lambda: factory().as_loader("train"), epochs=2, points=points)
     assert report.ok, report.first_mismatch
 
 
 def test_without_cycling_every_strategy_still_resumes_exactly() -> None:
     for strategy in STRATEGIES:
-        factory = manager_factory(strategy, EpochLengthPolicy.MAX_OF_LENGTHS, 0, cycle_short_loaders=False)
+        factory = manager_factory(
+            strategy, EpochLengthPolicy.MAX_OF_LENGTHS, 0, cycle_short_loaders=False
+        )
         report = verify_resume(lambda f=factory: f().as_loader("train"), epochs=2)
         assert report.ok, (strategy, report.first_mismatch)
 
 
 def run_epoch(manager, epoch, phase="train"):
-    return [(name, batch.tolist()) for _, name, batch in manager.create_epoch_iterator(phase, epoch)]
+    return [
+        (name, batch.tolist()) for _, name, batch in manager.create_epoch_iterator(phase, epoch)
+    ]
 
 
 def test_checkpoint_at_last_batch_resumes_into_next_epoch() -> None:
@@ -97,7 +115,9 @@ def test_checkpoint_at_last_batch_resumes_into_next_epoch() -> None:
     assert run_epoch(resumed, 1) == next_epoch
     again = factory()
     again.load_state_dict(state)
-    with pytest.raises(IncompatibleStateError, match=r"at step 15 of 15 in epoch 0; it cannot start epoch 2"):
+    with pytest.raises(
+        IncompatibleStateError, match=r"at step 15 of 15 in epoch 0; it cannot start epoch 2"
+    ):
         again.create_epoch_iterator("train", 2)
 
 
@@ -139,7 +159,9 @@ def test_without_cycling_short_loader_yields_exactly_its_batches() -> None:
         steps_per_epoch=20,
         cycle_short_loaders=False,
     )
-    manager = DataLoaderManager([make_loader(Ids(4), batch_size=2), make_loader(Ids(10))], train_config=config)
+    manager = DataLoaderManager(
+        [make_loader(Ids(4), batch_size=2), make_loader(Ids(10))], train_config=config
+    )
     out = [i for i, _, _ in manager.create_epoch_iterator("train", 0)]
     assert out.count(0) == 2 and out.count(1) == 10
     state = manager.state_dict()["train_iterator_state"]
@@ -148,9 +170,13 @@ def test_without_cycling_short_loader_yields_exactly_its_batches() -> None:
 
 def test_infinite_loader_needs_fixed_steps() -> None:
     fixed = MultiDataLoaderConfig(epoch_length_policy="fixed_num_steps", steps_per_epoch=7)
-    manager = DataLoaderManager([make_loader(UnsizedStream(1000), batch_size=3)], train_config=fixed)
+    manager = DataLoaderManager(
+        [make_loader(UnsizedStream(1000), batch_size=3)], train_config=fixed
+    )
     assert len(list(manager.create_epoch_iterator("train", 0))) == 7
-    with pytest.raises(ValueError, match=r"has no length .* use epoch_length_policy='fixed_num_steps'"):
+    with pytest.raises(
+        ValueError, match=r"has no length .* use epoch_length_policy='fixed_num_steps'"
+    ):
         DataLoaderManager([make_loader(UnsizedStream(10))])
 
 
@@ -158,15 +184,23 @@ def test_fingerprint_mismatch_prints_both_and_names_override() -> None:
     a = DataLoaderManager([make_loader(Ids(10), batch_size=2)])
     list(a.create_epoch_iterator("train", 0))
     b = DataLoaderManager([make_loader(Ids(10), batch_size=5)])
-    with pytest.raises(IncompatibleStateError, match=r"'batch_sizes': \{'saved': \[2\], 'current': \[5\]\}.*strict=False"):
+    with pytest.raises(
+        IncompatibleStateError,
+        match=r"'batch_sizes': \{'saved': \[2\], 'current': \[5\]\}.*strict=False",
+    ):
         b.load_state_dict(a.state_dict())
 
 
 def test_state_is_small_and_loads_weights_only() -> None:
     def state_bytes(n: int) -> tuple[int, dict]:
         manager = DataLoaderManager(
-            [make_loader(Ids(n), batch_size=4, shuffle=True), make_loader(PlainStream(50), batch_size=4)],
-            train_config=MultiDataLoaderConfig(epoch_length_policy="fixed_num_steps", steps_per_epoch=6),
+            [
+                make_loader(Ids(n), batch_size=4, shuffle=True),
+                make_loader(PlainStream(50), batch_size=4),
+            ],
+            train_config=MultiDataLoaderConfig(
+                epoch_length_policy="fixed_num_steps", steps_per_epoch=6
+            ),
         )
         it = manager.create_epoch_iterator("train", 0)
         next(it), next(it), next(it)
@@ -179,15 +213,30 @@ def test_state_is_small_and_loads_weights_only() -> None:
     large, _ = state_bytes(10**8)
     assert large < 16 * 1024 * 2  # two loaders
     assert abs(small - large) <= 64
-    assert set(state) == {"choice_rng_state", "choice_rng", "train_iterator_state", "val_iterator_state"}
+    assert set(state) == {
+        "choice_rng_state",
+        "choice_rng",
+        "train_iterator_state",
+        "val_iterator_state",
+    }
     loader_state = state["train_iterator_state"]["loader_states"][0]
-    assert set(loader_state) == {"batch_idx", "exhausted", "sampler_state", "dataset_state", "loader_state"}
-    assert loader_state["sampler_state"]["position"] > 0  # moved out of the loader state, not copied
+    assert set(loader_state) == {
+        "batch_idx",
+        "exhausted",
+        "sampler_state",
+        "dataset_state",
+        "loader_state",
+    }
+    assert (
+        loader_state["sampler_state"]["position"] > 0
+    )  # moved out of the loader state, not copied
     assert "sampler_state" not in loader_state["loader_state"]["_sampler_iter_state"]
 
 
 def test_weighted_random_choice_rng_is_restored_from_the_state() -> None:
-    factory = manager_factory(SamplingStrategy.WEIGHTED_RANDOM, EpochLengthPolicy.FIXED_NUM_STEPS, 0)
+    factory = manager_factory(
+        SamplingStrategy.WEIGHTED_RANDOM, EpochLengthPolicy.FIXED_NUM_STEPS, 0
+    )
     manager = factory()
     it = manager.create_epoch_iterator("train", 0)
     next(it)
@@ -205,7 +254,9 @@ def test_weighted_random_choice_rng_is_restored_from_the_state() -> None:
 
 def test_plain_dataloader_goes_through_skip_fallback_with_one_warning(caplog) -> None:
     def build():
-        return DataLoaderManager([DataLoader(list(range(12)), batch_size=2), make_loader(Ids(4), batch_size=2)])
+        return DataLoaderManager(
+            [DataLoader(list(range(12)), batch_size=2), make_loader(Ids(4), batch_size=2)]
+        )
 
     report = verify_resume(lambda: build().as_loader(), epochs=2)
     assert report.ok, report.first_mismatch
@@ -215,6 +266,7 @@ def test_plain_dataloader_goes_through_skip_fallback_with_one_warning(caplog) ->
         next(it)
     resumed = build()
     resumed.load_state_dict(manager.state_dict())
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="statefuldata.adapters"):
         list(resumed.create_epoch_iterator("train", 0))
     warnings = [r for r in caplog.records if r.name == "statefuldata.adapters"]
@@ -224,24 +276,35 @@ def test_plain_dataloader_goes_through_skip_fallback_with_one_warning(caplog) ->
 
 def test_proportions_report() -> None:
     config = MultiDataLoaderConfig(
-        sampling_strategy="weighted", dataloader_weights=[0.75, 0.25],
-        epoch_length_policy="fixed_num_steps", steps_per_epoch=8,
+        sampling_strategy="weighted",
+        dataloader_weights=[0.75, 0.25],
+        epoch_length_policy="fixed_num_steps",
+        steps_per_epoch=8,
     )
-    manager = DataLoaderManager([make_loader(Ids(40), batch_size=4), make_loader(Ids(40), batch_size=2)], train_config=config)
+    manager = DataLoaderManager(
+        [make_loader(Ids(40), batch_size=4), make_loader(Ids(40), batch_size=2)],
+        train_config=config,
+    )
     list(manager.create_epoch_iterator("train", 0))
     report = manager.proportions()
     assert [(r["batches"], r["samples"]) for r in report] == [(6, 24), (2, 4)]
-    assert [r["expected_share"] for r in report] == [0.75, 0.25] == [r["actual_share"] for r in report]
+    assert (
+        [r["expected_share"] for r in report] == [0.75, 0.25] == [r["actual_share"] for r in report]
+    )
 
 
 def test_val_phase_and_bad_phase() -> None:
     manager = DataLoaderManager([make_loader(Ids(4))], [make_loader(Ids(3)), make_loader(Ids(2))])
-    assert [name for _, name, _ in manager.create_epoch_iterator("val", 0)] == ["val_0"] * 3 + ["val_1"] * 2
+    assert [name for _, name, _ in manager.create_epoch_iterator("val", 0)] == ["val_0"] * 3 + [
+        "val_1"
+    ] * 2
     with pytest.raises(ValueError, match=r"phase must be one of \['train', 'val'\] \(got 'test'\)"):
         manager.create_epoch_iterator("test")
     with pytest.raises(ValueError, match="no val loaders were given"):
         DataLoaderManager([make_loader(Ids(4))]).create_epoch_iterator("val")
-    with pytest.raises(ValueError, match=r"train_loaders must be a non-empty list of loaders \(got \[\]\)"):
+    with pytest.raises(
+        ValueError, match=r"train_loaders must be a non-empty list of loaders \(got \[\]\)"
+    ):
         DataLoaderManager([])
 
 
