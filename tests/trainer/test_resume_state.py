@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trainer.resume import ResumePhase, ResumeState
+
+
+def test_defaults_and_plain_dict() -> None:
+    state = ResumeState()
+    assert state.to_dict() == {
+        "phase": "train",
+        "epoch": 0,
+        "global_step": 0,
+        "batch_in_epoch": 0,
+        "micro_step": 0,
+        "optimizer_steps_in_epoch": 0,
+        "preempted": False,
+        "completed": False,
+        "save_reason": "",
+    }
+    assert tuple(state.to_dict()) == ResumeState.keys()
+
+
+@given(
+    phase=st.sampled_from(["train", "val", "done"]),
+    counts=st.lists(st.integers(0, 10**9), min_size=5, max_size=5),
+    flags=st.tuples(st.booleans(), st.booleans()),
+    reason=st.text(max_size=10),
+)
+def test_round_trip(phase, counts, flags, reason) -> None:
+    epoch, step, batch, micro, opt_steps = counts
+    state = ResumeState(
+        phase=phase,
+        epoch=epoch,
+        global_step=step,
+        batch_in_epoch=batch,
+        micro_step=micro,
+        optimizer_steps_in_epoch=opt_steps,
+        preempted=flags[0],
+        completed=flags[1],
+        save_reason=reason,
+    )
+    assert ResumeState.from_dict(state.to_dict()) == state
+
+
+def test_survives_weights_only_load() -> None:
+    state = ResumeState(phase=ResumePhase.VAL, epoch=3, global_step=120, save_reason="preemption")
+    buffer = io.BytesIO()
+    torch.save(state.to_dict(), buffer)
+    buffer.seek(0)
+    assert ResumeState.from_dict(torch.load(buffer, weights_only=True)) == state
+
+
+def test_from_dict_is_strict() -> None:
+    data = ResumeState().to_dict()
+    del data["micro_step"]
+    data["rank"] = 0
+    with pytest.raises(
+        ValueError, match=r"missing keys \['micro_step'\], unknown keys \['rank'\].*another version"
+    ):
+        ResumeState.from_dict(data)
+    with pytest.raises(
+        TypeError, match=r"must be a dict made by ResumeState.to_dict\(\) \(got list\)"
+    ):
+        ResumeState.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_validation_on_init_and_setattr() -> None:
+    with pytest.raises(
+        ValueError, match=r"'phase' must be one of 'train', 'val', 'done' \(got 'test'\)"
+    ):
+        ResumeState(phase="test")
+    state = ResumeState()
+    with pytest.raises(ValueError, match=r"'global_step' must be >= 0 \(got -1\)"):
+        state.global_step = -1
+    with pytest.raises(TypeError, match=r"'epoch' must be an int \(got 1.5\)"):
+        ResumeState(epoch=1.5)  # type: ignore[arg-type]
+    state.phase = "done"  # type: ignore[assignment]
+    assert state.phase is ResumePhase.DONE

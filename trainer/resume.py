@@ -1,0 +1,118 @@
+"""ResumeState: where the training loop stands, stored as a plain dict in the checkpoint.
+
+Checkpoints are taken only at optimizer-step boundaries, so ``micro_step`` is normally 0; it is
+stored so that a checkpoint taken elsewhere is detected rather than silently misread.
+
+Example:
+    >>> state = ResumeState(epoch=2, global_step=150, batch_in_epoch=30)
+    >>> ResumeState.from_dict(state.to_dict()) == state
+    True
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["ResumePhase", "ResumeState"]
+
+
+class ResumePhase(enum.Enum):
+    """The part of the loop a checkpoint was taken in."""
+
+    TRAIN = "train"
+    VAL = "val"
+    DONE = "done"
+
+
+def _to_phase(value: Any) -> ResumePhase:
+    if isinstance(value, ResumePhase):
+        return value
+    for member in ResumePhase:
+        if value == member.value:
+            return member
+    valid = ", ".join(repr(m.value) for m in ResumePhase)
+    raise ValueError(f"'phase' must be one of {valid} (got {value!r})")
+
+
+def _non_negative_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{attribute.name}' must be an int (got {value!r})")
+    if value < 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0 (got {value})")
+
+
+def _count() -> Any:
+    return attrs.field(default=0, validator=_non_negative_int)
+
+
+def _flag() -> Any:
+    return attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+
+@attrs.define(kw_only=True)
+class ResumeState:
+    """The loop position saved in every checkpoint (``resume_state`` in format v1).
+
+    Attributes:
+        phase: ``"train"``, ``"val"`` or ``"done"``.
+        epoch: The epoch to resume in (0-based). A checkpoint at the end of epoch E records E + 1.
+        global_step: Optimizer steps taken so far.
+        batch_in_epoch: Training batches consumed in ``epoch``.
+        micro_step: Position in the gradient-accumulation window (0 at a step boundary).
+        optimizer_steps_in_epoch: Optimizer steps taken in ``epoch``.
+        preempted: The checkpoint was written because of a preemption signal.
+        completed: Training had finished (``max_epochs`` reached) when it was written.
+        save_reason: Why it was written, e.g. ``"step"``, ``"epoch"``, ``"preemption"``, ``"manual"``.
+
+    State keys (``to_dict``): the attribute names above; ``phase`` is stored as its string value.
+    """
+
+    phase: ResumePhase = attrs.field(default=ResumePhase.TRAIN, converter=_to_phase)
+    epoch: int = _count()
+    global_step: int = _count()
+    batch_in_epoch: int = _count()
+    micro_step: int = _count()
+    optimizer_steps_in_epoch: int = _count()
+    preempted: bool = _flag()
+    completed: bool = _flag()
+    save_reason: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The keys of :meth:`to_dict`, in order."""
+        return tuple(a.name for a in attrs.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the state as a plain dict (str, int, bool values only)."""
+        out = attrs.asdict(self, recurse=False)
+        out["phase"] = self.phase.value
+        return out
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> ResumeState:
+        """Build a ResumeState from :meth:`to_dict` output, strictly.
+
+        Raises:
+            ValueError: A key is missing or unknown (both lists are printed).
+        """
+        if isinstance(state, ResumeState):
+            return attrs.evolve(state)
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"resume_state must be a dict made by ResumeState.to_dict() (got {type(state).__name__})"
+            )
+        expected = cls.keys()
+        missing = [k for k in expected if k not in state]
+        unknown = sorted(str(k) for k in state if k not in expected)
+        if missing or unknown:
+            raise ValueError(
+                f"resume_state does not match ResumeState: missing keys {missing}, unknown keys "
+                f"{unknown} (expected {list(expected)}, got {sorted(map(str, state))}); the "
+                "checkpoint was written by another version of trainer: resume it with that "
+                "version, or rebuild the dict with ResumeState(...).to_dict()"
+            )
+        return cls(**{k: state[k] for k in expected})
