@@ -394,6 +394,7 @@ class DataLoaderManager:
         """Drop live passes of a phase so its next epoch starts every loader on a fresh pass."""
         group = self._group(phase)
         group.generation += 1
+        group.pending, group.pending_rng = None, None
         for cursor in group.cursors:
             _drop_pass(cursor)
             cursor.batch_idx, cursor.exhausted = 0, False

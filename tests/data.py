@@ -95,3 +95,62 @@ class ShortStream(IterableDataset):
 
     def __iter__(self):
         return iter(range(self.n))
+
+
+class Features(Dataset):
+    """Map-style regression data: item i is {"id", "x" (8 floats), "y"}, a pure function of the id."""
+
+    def __init__(self, n: int, offset: int = 0) -> None:
+        self.n, self.offset = n, offset
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample_id = index + self.offset
+        g = torch.Generator().manual_seed(sample_id)
+        x = torch.randn(8, generator=g)
+        return {"id": sample_id, "x": x, "y": x.sum(dim=0, keepdim=True) * 0.5 + 0.1}
+
+
+class FeatureStream(IterableDataset):
+    """The same items as :class:`Features`, streamed, implementing the state protocol."""
+
+    def __init__(self, n: int, offset: int = 0) -> None:
+        self.items = Features(n, offset)
+        self._start = self._position = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        self._position, self._start = self._start, 0
+        return self._generate()
+
+    def _generate(self):
+        worker, workers = _shard()
+        ids = range(worker, len(self.items), workers)
+        while self._position < len(ids):
+            self._position += 1
+            yield self.items[ids[self._position - 1]]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._start = state["position"]
+
+
+class PlainFeatureStream(IterableDataset):
+    """The same items as :class:`Features`, streamed, without state methods (skip fallback)."""
+
+    def __init__(self, n: int, offset: int = 0) -> None:
+        self.items = Features(n, offset)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        worker, workers = _shard()
+        for i in range(worker, len(self.items), workers):
+            yield self.items[i]

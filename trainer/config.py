@@ -252,3 +252,108 @@ class PreemptionConfig:
     )
     auto_resume: bool = attrs.field(default=True, validator=_bool)
     resume_from_latest: bool = attrs.field(default=True, validator=_bool)
+
+
+class SchedulerInterval(enum.Enum):
+    """When schedulers step: after each optimizer step, or once per epoch."""
+
+    STEP = "step"
+    EPOCH = "epoch"
+
+
+def _optional_tuple(value: Any) -> tuple[Any, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def _check_loss_weights(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    for w in value:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+            raise ValueError(
+                f"'{attribute.name}' must hold finite numbers >= 0, one per train loader "
+                f"(got {value!r}); use 0 to ignore a loader's loss"
+            )
+
+
+def _check_optimizer_ids(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value):
+        raise ValueError(
+            f"'{attribute.name}' must hold optimizer indices >= 0, one per train loader (got {value!r})"
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if attrs.has(type(value)):
+        return (
+            value.to_dict()
+            if hasattr(value, "to_dict")
+            else _plain(attrs.asdict(value, recurse=False))
+        )
+    return value
+
+
+def _loader_config(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    from statefuldata import MultiDataLoaderConfig
+
+    if value is None or isinstance(value, MultiDataLoaderConfig):
+        return
+    raise TypeError(
+        f"'{attribute.name}' must be a statefuldata.MultiDataLoaderConfig or None "
+        f"(got {type(value).__name__})"
+    )
+
+
+@attrs.frozen(kw_only=True)
+class GenericTrainerConfig:
+    """Everything the trainer needs besides the model, optimizers and data.
+
+    Attributes:
+        seed: Seeds Python, numpy and torch at the start of a fresh run (a resume restores RNGs).
+        train_loader_config: How train loaders are mixed (``statefuldata.MultiDataLoaderConfig``);
+            None means SEQUENTIAL over one pass of each loader.
+        val_loader_config: Same for validation loaders.
+        checkpoint, performance, validation, preemption: Sub-configs.
+        loss_weights_per_loader: Multiplies each train loader's loss before backward (0 ignores it).
+        per_loader_optimizer_id: Optimizer index each train loader's loss belongs to; None means
+            every optimizer steps at every accumulation boundary.
+        scheduler_interval: ``"step"`` or ``"epoch"``; scheduler i belongs to optimizer i.
+        log_every_n_steps: Optimizer steps between train-loss log lines and history points.
+        progress_bar: Show a tqdm bar (notebook-aware) on rank 0.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+    """
+
+    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    train_loader_config: Any = attrs.field(default=None, validator=_loader_config)
+    val_loader_config: Any = attrs.field(default=None, validator=_loader_config)
+    checkpoint: CheckpointConfig = attrs.field(factory=CheckpointConfig)
+    performance: PerformanceConfig = attrs.field(factory=PerformanceConfig)
+    validation: ValidationConfig = attrs.field(factory=ValidationConfig)
+    preemption: PreemptionConfig = attrs.field(factory=PreemptionConfig)
+    loss_weights_per_loader: tuple[float, ...] | None = attrs.field(
+        default=None, converter=_optional_tuple, validator=_check_loss_weights
+    )
+    per_loader_optimizer_id: tuple[int, ...] | None = attrs.field(
+        default=None, converter=_optional_tuple, validator=_check_optimizer_ids
+    )
+    scheduler_interval: SchedulerInterval = attrs.field(
+        default=SchedulerInterval.STEP,
+        converter=_enum_converter(SchedulerInterval, "scheduler_interval"),
+    )
+    log_every_n_steps: int = attrs.field(default=50, validator=_int_at_least(1))
+    progress_bar: bool = attrs.field(default=True, validator=_bool)
+    device: str = attrs.field(default="cpu", validator=attrs.validators.instance_of(str))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-typed snapshot (stored in the checkpoint's ``config_snapshot``)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in attrs.fields(type(self))}

@@ -1,0 +1,40 @@
+"""A short list of callbacks: subclass :class:`Callback` and override what you need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.loop import FitResult, GenericTrainer
+
+__all__ = ["Callback"]
+
+
+class Callback:
+    """No-op hooks called by :class:`~trainer.GenericTrainer` in this order of a run.
+
+    Raising ``KeyboardInterrupt`` from a hook stops ``fit()`` like pressing stop in a notebook; the
+    trainer stays resumable in memory and a second ``fit()`` continues from the next batch.
+    """
+
+    def on_fit_start(self, trainer: GenericTrainer) -> None: ...
+
+    def on_train_batch_end(
+        self,
+        trainer: GenericTrainer,
+        outputs: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int,
+        dataloader_name: str,
+    ) -> None: ...
+
+    def on_optimizer_step(self, trainer: GenericTrainer) -> None: ...
+
+    def on_validation_end(self, trainer: GenericTrainer, metrics: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, trainer: GenericTrainer, epoch: int) -> None: ...
+
+    def on_checkpoint(self, trainer: GenericTrainer, path: Path | None) -> None: ...
+
+    def on_fit_end(self, trainer: GenericTrainer, result: FitResult) -> None: ...
