@@ -2,7 +2,7 @@
 
 Commands are registered in :data:`COMMANDS`: name -> function adding the subparser (which sets
 ``func``, called with the parsed namespace and returning an exit code). To add a command, add one
-entry, e.g. ``"demo": trainer.demo.add_demo_parser``.
+entry.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainer.checkpoints import CheckpointError
+from trainer.demo import add_demo_parser
 from trainer.inspect import add_inspect_parser
 
 COMMANDS: dict[str, Callable[[Any], argparse.ArgumentParser]] = {
+    "demo": add_demo_parser,
     "inspect": add_inspect_parser,
 }
 

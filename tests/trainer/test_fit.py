@@ -1,0 +1,258 @@
+"""Resume semantics of GenericTrainer.fit: epoch ends, finished runs, signals, interrupts, loads."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from statefuldata import MultiDataLoaderConfig, make_loader
+from tests.data import Features
+from tests.trainer.harness import InterruptAt, SignalAt, assert_same, build, loaders, snapshot
+from trainer import (
+    CheckpointConfig,
+    CheckpointError,
+    GenericTrainer,
+    GenericTrainerConfig,
+    PerformanceConfig,
+    PreemptionConfig,
+    ValidationConfig,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainer.checkpoints import V1_KEYS, read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def linear_trainer(root, *, log=None, callbacks=(), sources=1, **overrides) -> GenericTrainer:
+    """One linear layer (no dropout), SGD without momentum: steps with zero gradient change nothing."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    overrides.setdefault("checkpoint", CheckpointConfig(root_dir=root))
+    config = GenericTrainerConfig(progress_bar=False, log_every_n_steps=1, **overrides)
+    trainer = GenericTrainer(config, model, optimizer, scheduler, callbacks=callbacks)
+
+    def step(t, batch, batch_idx, dataloader_idx, name):
+        if log is not None:
+            log.append((t.state.epoch, name, batch["id"].tolist()))
+        return {"loss": torch.nn.functional.mse_loss(t.model(batch["x"]), batch["y"])}
+
+    trainer.set_training_step(step)
+    trainer.set_validation_step(
+        lambda t, batch, i, di, name: {
+            "loss": torch.nn.functional.mse_loss(t.model(batch["x"]), batch["y"])
+        }
+    )
+    return trainer
+
+
+def eight_batches(offset=0):
+    return make_loader(Features(32, offset=offset), batch_size=4, shuffle=True, seed=3)
+
+
+def test_epoch_end_checkpoint_resumes_into_one_full_next_epoch(tmp_path) -> None:
+    reference_log: list = []
+    linear_trainer(tmp_path / "ref", log=reference_log).fit([eight_batches()], max_epochs=2)
+    first_log: list = []
+    assert (
+        linear_trainer(tmp_path / "run", log=first_log).fit([eight_batches()], max_epochs=1).status
+        == "completed"
+    )
+    second_log: list = []
+    result = linear_trainer(tmp_path / "run", log=second_log).fit([eight_batches()], max_epochs=2)
+    assert result.status == "completed" and len(second_log) == 8
+    assert first_log + second_log == reference_log
+
+
+def test_finished_run_refit_trains_nothing(tmp_path, caplog) -> None:
+    linear_trainer(tmp_path).fit([eight_batches()], max_epochs=2)
+    log: list = []
+    trainer = linear_trainer(tmp_path, log=log)
+    with caplog.at_level("INFO", logger="trainer.loop"):
+        result = trainer.fit([eight_batches()], max_epochs=2)
+    assert result.status == "already_complete" and log == [] and result.global_step == 16
+    assert "already complete: 2 of 2 epochs done" in caplog.text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_real_signal_at_batch_3_of_8_then_resume_gives_exactly_24_batches(tmp_path, signum) -> None:
+    reference_log: list = []
+    linear_trainer(tmp_path / "ref", log=reference_log).fit([eight_batches()], max_epochs=3)
+    first_log: list = []
+    trainer = linear_trainer(tmp_path / "run", log=first_log, callbacks=(SignalAt(3, signum),))
+    assert trainer.fit([eight_batches()], max_epochs=3).status == "preempted"
+    assert len(first_log) == 3
+    saved = read_checkpoint(tmp_path / "run" / "latest.ckpt")
+    assert (
+        saved["resume_state"]["preempted"] and saved["resume_state"]["save_reason"] == "preempted"
+    )
+    second_log: list = []
+    linear_trainer(tmp_path / "run", log=second_log).fit([eight_batches()], max_epochs=3)
+    assert len(first_log + second_log) == 24
+    assert first_log + second_log == reference_log
+
+
+def test_keyboard_interrupt_then_fit_again_continues_from_the_exact_batch(tmp_path) -> None:
+    expected_log: list = []
+    expected = build(tmp_path / "ref", log=expected_log)
+    expected.fit(loaders(), max_epochs=2)
+    log: list = []
+    interrupt = InterruptAt(37)  # inside an accumulation window (gradient accumulation 2)
+    trainer = build(tmp_path / "run", log=log, callbacks=(interrupt,))
+    data = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(data, max_epochs=2)
+    assert len(log) == 37 and trainer.state.micro_step == 1
+    trainer.callbacks.remove(interrupt)
+    assert trainer.fit(data, max_epochs=2).status == "completed"
+    assert log == expected_log
+    assert_same(snapshot(trainer), snapshot(expected))
+
+
+def test_checkpoint_loaded_before_fit_keeps_its_data_position(tmp_path) -> None:
+    expected_log: list = []
+    expected = build(tmp_path / "ref", log=expected_log)
+    expected.fit(loaders(), max_epochs=2)
+    first_log: list = []
+    build(tmp_path / "run", log=first_log, callbacks=(SignalAt(61),)).fit(loaders(), max_epochs=2)
+    path = (tmp_path / "run" / "latest.ckpt").resolve()
+    log: list = []
+    trainer = build(
+        tmp_path / "elsewhere",
+        ambient_seed=99,
+        log=log,
+        preemption=PreemptionConfig(auto_resume=False),
+    )
+    load_checkpoint(path, trainer)
+    trainer.fit(loaders(), max_epochs=2)
+    assert first_log + log == expected_log
+    assert_same(snapshot(trainer), snapshot(expected))
+
+
+def test_explicit_path_and_latest_on_a_first_run(tmp_path) -> None:
+    reference = build(tmp_path / "ref")
+    reference.fit(loaders(), max_epochs=1)
+    fresh = build(tmp_path / "fresh")
+    assert fresh.fit(loaders(), max_epochs=1, resume_from_checkpoint="latest").status == "completed"
+    assert_same(snapshot(fresh), snapshot(reference))
+    with pytest.raises(FileNotFoundError):
+        build(tmp_path / "other").fit(
+            loaders(), max_epochs=1, resume_from_checkpoint=tmp_path / "missing.ckpt"
+        )
+
+
+def test_corrupt_checkpoints_never_silently_train_from_scratch(tmp_path) -> None:
+    build(tmp_path, callbacks=(SignalAt(10),)).fit(loaders(), max_epochs=1)
+    for path in tmp_path.glob("epoch=*.ckpt"):
+        path.write_bytes(path.read_bytes()[:100])
+    log: list = []
+    with pytest.raises(
+        CheckpointError, match=r"No valid checkpoint in .* every candidate failed to load"
+    ):
+        build(tmp_path, log=log).fit(loaders(), max_epochs=1)
+    assert log == []
+
+
+def test_loss_weight_zero_equals_training_on_the_other_loader_alone(tmp_path) -> None:
+    alone = linear_trainer(tmp_path / "alone")
+    alone.fit([eight_batches()], max_epochs=2)
+    mixed = linear_trainer(
+        tmp_path / "mixed",
+        train_loader_config=MultiDataLoaderConfig(sampling_strategy="round_robin"),
+        loss_weights_per_loader=[1.0, 0.0],
+    )
+    mixed.fit([eight_batches(), eight_batches(offset=500)], max_epochs=2)
+    assert_same(alone.model.state_dict(), mixed.model.state_dict())
+    changed = linear_trainer(
+        tmp_path / "changed",
+        train_loader_config=MultiDataLoaderConfig(sampling_strategy="round_robin"),
+        loss_weights_per_loader=[1.0, 0.5],
+    )
+    changed.fit([eight_batches(), eight_batches(offset=500)], max_epochs=2)
+    assert not torch.equal(alone.model.weight, changed.model.weight)
+
+
+def test_per_step_scheduler_steps_exactly_once_per_optimizer_step(tmp_path) -> None:
+    trainer = linear_trainer(tmp_path, performance=PerformanceConfig(gradient_accumulation_steps=2))
+    trainer.fit([eight_batches()], max_epochs=3)
+    assert trainer.state.global_step == 12
+    scheduler = trainer.schedulers[0]
+    assert scheduler.last_epoch == 12
+    assert scheduler.get_last_lr() == [0.05 * 0.5 ** (12 // 3)]
+
+
+def test_validation_metrics_per_loader_and_global_and_train_mode_restored(tmp_path) -> None:
+    for aggregation in ("micro", "macro"):
+        trainer = linear_trainer(
+            tmp_path / aggregation, validation=ValidationConfig(aggregation=aggregation)
+        )
+        val = [
+            make_loader(Features(8, offset=900), batch_size=4),
+            make_loader(Features(4, offset=950), batch_size=4),
+        ]
+        result = trainer.fit([eight_batches()], val_loaders=val, max_epochs=1)
+        metrics = result.metrics
+        assert trainer.model.training
+        a, b = metrics["val/val_0/loss"], metrics["val/val_1/loss"]
+        expected = (a + b) / 2 if aggregation == "macro" else (2 * a + b) / 3
+        assert metrics["val/loss"] == pytest.approx(expected)
+        assert len(trainer.metrics_history["val/loss"]) == 1
+
+
+def test_saved_file_has_exactly_the_spec_fields_all_written(tmp_path) -> None:
+    config = MultiDataLoaderConfig(
+        sampling_strategy="weighted_random",
+        dataloader_weights=[0.5, 0.5],
+        epoch_length_policy="fixed_num_steps",
+        steps_per_epoch=6,
+    )
+    trainer = linear_trainer(
+        tmp_path,
+        train_loader_config=config,
+        performance=PerformanceConfig(use_amp=True, amp_dtype="float16"),
+        checkpoint=CheckpointConfig(root_dir=tmp_path, save_every_n_steps=4),
+    )
+    trainer.fit([eight_batches(), eight_batches(offset=500)], max_epochs=1)
+    payload = torch.load(tmp_path / "latest.ckpt", weights_only=True)
+    assert set(payload) == set(V1_KEYS)
+    never_none = set(V1_KEYS) - {"rng_states"}
+    assert all(payload[key] is not None for key in never_none), [
+        k for k in never_none if payload[k] is None
+    ]
+    assert payload["rng_states"]["torch_cuda"] is None or isinstance(
+        payload["rng_states"]["torch_cuda"], list
+    )
+    assert isinstance(payload["rng_states"]["torch_cpu"], torch.Tensor)
+    assert payload["amp_scaler_state"]["scale"] > 0
+    manager_state = payload["dataloader_manager_state"]
+    assert payload["choice_rng_state"] is manager_state["choice_rng"] or torch.equal(
+        payload["choice_rng_state"][1], manager_state["choice_rng"][1]
+    )
+    assert manager_state["train_iterator_state"]["schedule_position"] == 6
+    assert payload["config_snapshot"]["trainer"]["performance"]["amp_dtype"] == "float16"
+    buffer = io.BytesIO()
+    save_checkpoint(tmp_path / "manual.ckpt", trainer)
+    buffer.write((tmp_path / "manual.ckpt").read_bytes())
+    assert torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_demo_command_prints_the_equality_verdict() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "final parameters equal to the uninterrupted run: equal (True)" in done.stdout
+    assert "preempted" in done.stdout and "schedule position" in done.stdout
