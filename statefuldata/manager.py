@@ -8,32 +8,32 @@ entries are skipped when not.
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import attrs
-import numpy as np
 from torch.utils.data import DataLoader
 
 from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
+from statefuldata.epoch import (
+    KEYS_ITERATOR,
+    Cursor,
+    EpochIterator,
+    Group,
+    drop_pass,
+    fingerprint_of,
+)
 from statefuldata.errors import IncompatibleStateError
-from statefuldata.loader import SeededStatefulDataLoader, close_loader, frozen_heap_for_fork
 from statefuldata.schedule import (
-    build_schedule,
     choice_rng_for_epoch,
     epoch_length,
-    quotas,
-    rng_state_from_plain,
     rng_state_to_plain,
 )
 from statefuldata.state import (
     STATE_VERSION,
     DataLoaderState,
     join_loader_state,
-    split_loader_state,
 )
 
 __all__ = ["DataLoaderManager", "EpochIterator", "PhaseLoader"]
@@ -41,21 +41,7 @@ __all__ = ["DataLoaderManager", "EpochIterator", "PhaseLoader"]
 logger = logging.getLogger(__name__)
 
 PHASES = ("train", "val")
-_SKIPPED = object()
-
 KEYS_MANAGER = ("choice_rng_state", "choice_rng", "train_iterator_state", "val_iterator_state")
-KEYS_ITERATOR = (
-    "schedule_position",
-    "loader_states",
-    "total_batches",
-    "loader_cycles",
-    "prefetched_batches",
-    "epoch",
-    "fingerprint",
-    "version",
-    "loader_batches",
-    "loader_samples",
-)
 
 
 def _length(loader: Any) -> int | None:
@@ -65,198 +51,12 @@ def _length(loader: Any) -> int | None:
         return None
 
 
-def _samples_in(batch: Any) -> int:
-    """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
-    while True:
-        if hasattr(batch, "shape") and len(batch.shape) > 0:
-            return int(batch.shape[0])
-        if isinstance(batch, dict) and batch:
-            batch = next(iter(batch.values()))
-        elif isinstance(batch, (list, tuple)) and batch:
-            if not hasattr(batch[0], "shape") and not isinstance(batch[0], (dict, list, tuple)):
-                return len(batch)
-            batch = batch[0]
-        else:
-            return 1
-
-
-def _in_flight(loader: Any) -> int:
-    """Batches a multi-process loader has requested but not yet handed out (prefetch depth)."""
-    it = getattr(loader, "_iterator", None)
-    sent, received = getattr(it, "_send_idx", 0), getattr(it, "_rcvd_idx", 0)
-    return max(0, int(sent) - int(received))
-
-
 def _adopt(loader: Any, name: str) -> Any:
     if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict"):
         return loader
     if isinstance(loader, DataLoader) or hasattr(loader, "__iter__"):
         return SkipBatchesLoader(loader, name=name)
     raise TypeError(f"loader {name!r} must be iterable (got {type(loader).__name__})")
-
-
-@attrs.define(eq=False)
-class _Cursor:
-    loader: Any
-    iterator: Iterator[Any] | None = None
-    batch_idx: int = 0
-    exhausted: bool = False
-
-
-def _start_pass(loader: Any) -> Iterator[Any]:
-    if getattr(loader, "num_workers", 0) > 0 and not isinstance(loader, SeededStatefulDataLoader):
-        with frozen_heap_for_fork():
-            return iter(loader)
-    return iter(loader)
-
-
-def _drop_pass(cursor: _Cursor) -> None:
-    close_loader(cursor.loader)
-    cursor.iterator = None
-
-
-@attrs.define(eq=False)
-class _Group:
-    """The loaders of one phase, their config and where each stands."""
-
-    phase: str
-    config: MultiDataLoaderConfig
-    names: tuple[str, ...]
-    cursors: list[_Cursor]
-    lengths: list[int | None]
-    total: int
-    fingerprint: dict[str, Any]
-    pending: dict[str, Any] | None = None
-    pending_rng: Any = None
-    current: EpochIterator | None = None
-    generation: int = 0
-
-
-def _fingerprint(
-    phase: str, config: MultiDataLoaderConfig, names, loaders, lengths
-) -> dict[str, Any]:
-    def seed_of(loader: Any) -> int | None:
-        seed = getattr(loader, "seed", None)
-        return getattr(getattr(loader, "sampler", None), "seed", None) if seed is None else seed
-
-    return {
-        "phase": phase,
-        "names": list(names),
-        "lengths": list(lengths),
-        "batch_sizes": [getattr(ld, "batch_size", None) for ld in loaders],
-        "num_workers": [getattr(ld, "num_workers", 0) for ld in loaders],
-        "seeds": [seed_of(ld) for ld in loaders],
-        "config": config.to_dict(),
-    }
-
-
-class EpochIterator:
-    """Yields ``(loader_idx, loader_name, batch)`` for one epoch of one phase, following the schedule."""
-
-    def __init__(
-        self, manager: DataLoaderManager, group: _Group, epoch: int, rng_plain: Any
-    ) -> None:
-        self._manager, self._group, self.epoch = manager, group, epoch
-        self.choice_rng = rng_plain
-        rng = None if rng_plain is None else rng_state_from_plain(rng_plain)
-        self.schedule = build_schedule(group.config, group.lengths, epoch, rng=rng)
-        n = len(group.cursors)
-        self.position, self.total_batches = 0, 0
-        self.loader_cycles = dict.fromkeys(range(n), 0)
-        self.loader_batches, self.loader_samples = [0] * n, [0] * n
-        self._generation = group.generation
-
-    def __iter__(self) -> EpochIterator:
-        return self
-
-    def __len__(self) -> int:
-        return len(self.schedule)
-
-    def __next__(self) -> tuple[int, str, Any]:
-        if self._generation != self._group.generation:
-            raise RuntimeError(
-                "this epoch iterator was superseded by load_state_dict() or a newer "
-                "create_epoch_iterator(); create a new one to continue from the loaded state"
-            )
-        while self.position < len(self.schedule):
-            index = self.schedule[self.position]
-            batch = self._fetch(index)
-            self.position += 1
-            if batch is _SKIPPED:
-                continue
-            self.total_batches += 1
-            self.loader_batches[index] += 1
-            self.loader_samples[index] += _samples_in(batch)
-            return index, self._group.names[index], batch
-        raise StopIteration
-
-    def _fetch(self, index: int) -> Any:
-        cursor = self._group.cursors[index]
-        if cursor.exhausted:
-            return _SKIPPED
-        for _attempt in range(2):  # the current pass, then at most one fresh pass
-            if cursor.iterator is None:
-                cursor.iterator = _start_pass(cursor.loader)
-            try:
-                batch = next(cursor.iterator)
-            except StopIteration:
-                cursor.iterator, cursor.batch_idx = None, 0
-                if not self._group.config.cycle_short_loaders and self.loader_batches[index] > 0:
-                    cursor.exhausted = True
-                    return _SKIPPED
-                if self.loader_batches[index] > 0:
-                    self.loader_cycles[index] += 1
-                continue
-            cursor.batch_idx += 1
-            return batch
-        raise RuntimeError(
-            f"loader {self._group.names[index]!r} yielded no batch in a fresh pass; an empty loader "
-            "cannot be scheduled (check its dataset length, batch_size and drop_last)"
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        """The v1 Iterator State (plus epoch, fingerprint, version and per-loader counts)."""
-        entries = []
-        for cursor in self._group.cursors:
-            entry = split_loader_state(copy.deepcopy(cursor.loader.state_dict()))
-            entry.batch_idx, entry.exhausted = cursor.batch_idx, cursor.exhausted
-            entries.append(entry.to_dict())
-        return {
-            "schedule_position": self.position,
-            "loader_states": entries,
-            "total_batches": self.total_batches,
-            "loader_cycles": dict(self.loader_cycles),
-            "prefetched_batches": sum(_in_flight(c.loader) for c in self._group.cursors),
-            "epoch": self.epoch,
-            "fingerprint": self._group.fingerprint,
-            "version": STATE_VERSION,
-            "loader_batches": list(self.loader_batches),
-            "loader_samples": list(self.loader_samples),
-        }
-
-    def proportions(self) -> list[dict[str, Any]]:
-        """Per loader: batches and samples drawn this epoch, expected vs actual share of batches."""
-        group = self._group
-        if group.config.sampling_strategy is SamplingStrategy.WEIGHTED_RANDOM:
-            weights = np.asarray(group.config.dataloader_weights, dtype=float)
-            expected = (weights / weights.sum()).tolist()
-        else:
-            expected = [
-                q / group.total if group.total else 0.0
-                for q in quotas(group.config, group.lengths, group.total)
-            ]
-        done = max(self.total_batches, 1)
-        return [
-            {
-                "loader": name,
-                "batches": self.loader_batches[i],
-                "samples": self.loader_samples[i],
-                "expected_share": expected[i],
-                "actual_share": self.loader_batches[i] / done,
-                "cycles": self.loader_cycles[i],
-            }
-            for i, name in enumerate(group.names)
-        ]
 
 
 class DataLoaderManager:
@@ -284,7 +84,7 @@ class DataLoaderManager:
         train_config: MultiDataLoaderConfig | None = None,
         val_config: MultiDataLoaderConfig | None = None,
     ) -> None:
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[str, Group] = {}
         self._add_group("train", train_loaders, train_config or MultiDataLoaderConfig())
         if val_loaders:
             self._add_group("val", val_loaders, val_config or MultiDataLoaderConfig())
@@ -305,17 +105,17 @@ class DataLoaderManager:
         adopted = [_adopt(loader, name) for loader, name in zip(loaders, names)]
         lengths = [_length(loader) for loader in adopted]
         total = epoch_length(config, lengths)
-        self._groups[phase] = _Group(
+        self._groups[phase] = Group(
             phase=phase,
             config=config,
             names=tuple(names),
-            cursors=[_Cursor(loader) for loader in adopted],
+            cursors=[Cursor(loader) for loader in adopted],
             lengths=lengths,
             total=total,
-            fingerprint=_fingerprint(phase, config, names, adopted, lengths),
+            fingerprint=fingerprint_of(phase, config, names, adopted, lengths),
         )
 
-    def _group(self, phase: str) -> _Group:
+    def _group(self, phase: str) -> Group:
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {list(PHASES)} (got {phase!r})")
         if phase not in self._groups:
@@ -377,7 +177,7 @@ class DataLoaderManager:
                 if saved is not None
                 else rng_state_to_plain(choice_rng_for_epoch(group.config, epoch))
             )
-        iterator = EpochIterator(self, group, epoch, rng_plain)
+        iterator = EpochIterator(group, epoch, rng_plain)
         if resume:
             iterator.position = pending["schedule_position"]
             iterator.total_batches = pending["total_batches"]
@@ -396,14 +196,14 @@ class DataLoaderManager:
         group.generation += 1
         group.pending, group.pending_rng = None, None
         for cursor in group.cursors:
-            _drop_pass(cursor)
+            drop_pass(cursor)
             cursor.batch_idx, cursor.exhausted = 0, False
 
     def close(self) -> None:
         """Stop every loader's worker processes (the manager stays usable: passes restart lazily)."""
         for group in self._groups.values():
             for cursor in group.cursors:
-                _drop_pass(cursor)
+                drop_pass(cursor)
 
     def state_dict(self) -> dict[str, Any]:
         """The v1 ``dataloader_manager_state`` (plain types and tensors only)."""
@@ -457,7 +257,7 @@ class DataLoaderManager:
             group.generation += 1
             for cursor, raw in zip(group.cursors, iterator_state["loader_states"]):
                 entry = DataLoaderState.from_dict(raw)
-                _drop_pass(cursor)
+                drop_pass(cursor)
                 loader_state = join_loader_state(entry)
                 if loader_state is not None:
                     cursor.loader.load_state_dict(loader_state)
@@ -477,7 +277,7 @@ class DataLoaderManager:
                 iterator_state["prefetched_batches"],
             )
 
-    def _check_iterator_state(self, group: _Group, state: dict[str, Any], strict: bool) -> None:
+    def _check_iterator_state(self, group: Group, state: dict[str, Any], strict: bool) -> None:
         if not isinstance(state, dict) or set(state) != set(KEYS_ITERATOR):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise IncompatibleStateError(

@@ -1,0 +1,221 @@
+"""One epoch of a multi-loader schedule: the cursor that walks it and the state it reports.
+
+:class:`EpochIterator` follows the schedule built for ``(config, lengths, epoch)``, draws each entry
+from its loader's live pass (starting a fresh pass when one ends, or skipping the loader when it is
+not cycled), and reports the v1 Iterator State. :class:`statefuldata.DataLoaderManager` owns the
+groups of loaders and creates these iterators.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import numpy as np
+
+from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
+from statefuldata.loader import SeededStatefulDataLoader, close_loader, frozen_heap_for_fork
+from statefuldata.schedule import build_schedule, quotas, rng_state_from_plain
+from statefuldata.state import STATE_VERSION, split_loader_state
+
+__all__ = ["Cursor", "EpochIterator", "Group", "drop_pass", "fingerprint_of", "start_pass"]
+
+_SKIPPED = object()
+KEYS_ITERATOR = (
+    "schedule_position",
+    "loader_states",
+    "total_batches",
+    "loader_cycles",
+    "prefetched_batches",
+    "epoch",
+    "fingerprint",
+    "version",
+    "loader_batches",
+    "loader_samples",
+)
+
+
+def _samples_in(batch: Any) -> int:
+    """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
+    while True:
+        if hasattr(batch, "shape") and len(batch.shape) > 0:
+            return int(batch.shape[0])
+        if isinstance(batch, dict) and batch:
+            batch = next(iter(batch.values()))
+        elif isinstance(batch, (list, tuple)) and batch:
+            if not hasattr(batch[0], "shape") and not isinstance(batch[0], (dict, list, tuple)):
+                return len(batch)
+            batch = batch[0]
+        else:
+            return 1
+
+
+def _in_flight(loader: Any) -> int:
+    """Batches a multi-process loader has requested but not yet handed out (prefetch depth)."""
+    it = getattr(loader, "_iterator", None)
+    sent, received = getattr(it, "_send_idx", 0), getattr(it, "_rcvd_idx", 0)
+    return max(0, int(sent) - int(received))
+
+
+@attrs.define(eq=False)
+class Cursor:
+    loader: Any
+    iterator: Iterator[Any] | None = None
+    batch_idx: int = 0
+    exhausted: bool = False
+
+
+def start_pass(loader: Any) -> Iterator[Any]:
+    if getattr(loader, "num_workers", 0) > 0 and not isinstance(loader, SeededStatefulDataLoader):
+        with frozen_heap_for_fork():
+            return iter(loader)
+    return iter(loader)
+
+
+def drop_pass(cursor: Cursor) -> None:
+    close_loader(cursor.loader)
+    cursor.iterator = None
+
+
+@attrs.define(eq=False)
+class Group:
+    """The loaders of one phase, their config and where each stands."""
+
+    phase: str
+    config: MultiDataLoaderConfig
+    names: tuple[str, ...]
+    cursors: list[Cursor]
+    lengths: list[int | None]
+    total: int
+    fingerprint: dict[str, Any]
+    pending: dict[str, Any] | None = None
+    pending_rng: Any = None
+    current: EpochIterator | None = None
+    generation: int = 0
+
+
+def fingerprint_of(
+    phase: str, config: MultiDataLoaderConfig, names, loaders, lengths
+) -> dict[str, Any]:
+    def seed_of(loader: Any) -> int | None:
+        seed = getattr(loader, "seed", None)
+        return getattr(getattr(loader, "sampler", None), "seed", None) if seed is None else seed
+
+    return {
+        "phase": phase,
+        "names": list(names),
+        "lengths": list(lengths),
+        "batch_sizes": [getattr(ld, "batch_size", None) for ld in loaders],
+        "num_workers": [getattr(ld, "num_workers", 0) for ld in loaders],
+        "seeds": [seed_of(ld) for ld in loaders],
+        "config": config.to_dict(),
+    }
+
+
+class EpochIterator:
+    """Yields ``(loader_idx, loader_name, batch)`` for one epoch of one phase, following the schedule."""
+
+    def __init__(self, group: Group, epoch: int, rng_plain: Any) -> None:
+        self._group, self.epoch = group, epoch
+        self.choice_rng = rng_plain
+        rng = None if rng_plain is None else rng_state_from_plain(rng_plain)
+        self.schedule = build_schedule(group.config, group.lengths, epoch, rng=rng)
+        n = len(group.cursors)
+        self.position, self.total_batches = 0, 0
+        self.loader_cycles = dict.fromkeys(range(n), 0)
+        self.loader_batches, self.loader_samples = [0] * n, [0] * n
+        self._generation = group.generation
+
+    def __iter__(self) -> EpochIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.schedule)
+
+    def __next__(self) -> tuple[int, str, Any]:
+        if self._generation != self._group.generation:
+            raise RuntimeError(
+                "this epoch iterator was superseded by load_state_dict() or a newer "
+                "create_epoch_iterator(); create a new one to continue from the loaded state"
+            )
+        while self.position < len(self.schedule):
+            index = self.schedule[self.position]
+            batch = self._fetch(index)
+            self.position += 1
+            if batch is _SKIPPED:
+                continue
+            self.total_batches += 1
+            self.loader_batches[index] += 1
+            self.loader_samples[index] += _samples_in(batch)
+            return index, self._group.names[index], batch
+        raise StopIteration
+
+    def _fetch(self, index: int) -> Any:
+        cursor = self._group.cursors[index]
+        if cursor.exhausted:
+            return _SKIPPED
+        for _attempt in range(2):  # the current pass, then at most one fresh pass
+            if cursor.iterator is None:
+                cursor.iterator = start_pass(cursor.loader)
+            try:
+                batch = next(cursor.iterator)
+            except StopIteration:
+                cursor.iterator, cursor.batch_idx = None, 0
+                if not self._group.config.cycle_short_loaders and self.loader_batches[index] > 0:
+                    cursor.exhausted = True
+                    return _SKIPPED
+                if self.loader_batches[index] > 0:
+                    self.loader_cycles[index] += 1
+                continue
+            cursor.batch_idx += 1
+            return batch
+        raise RuntimeError(
+            f"loader {self._group.names[index]!r} yielded no batch in a fresh pass; an empty loader "
+            "cannot be scheduled (check its dataset length, batch_size and drop_last)"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The v1 Iterator State (plus epoch, fingerprint, version and per-loader counts)."""
+        entries = []
+        for cursor in self._group.cursors:
+            entry = split_loader_state(copy.deepcopy(cursor.loader.state_dict()))
+            entry.batch_idx, entry.exhausted = cursor.batch_idx, cursor.exhausted
+            entries.append(entry.to_dict())
+        return {
+            "schedule_position": self.position,
+            "loader_states": entries,
+            "total_batches": self.total_batches,
+            "loader_cycles": dict(self.loader_cycles),
+            "prefetched_batches": sum(_in_flight(c.loader) for c in self._group.cursors),
+            "epoch": self.epoch,
+            "fingerprint": self._group.fingerprint,
+            "version": STATE_VERSION,
+            "loader_batches": list(self.loader_batches),
+            "loader_samples": list(self.loader_samples),
+        }
+
+    def proportions(self) -> list[dict[str, Any]]:
+        """Per loader: batches and samples drawn this epoch, expected vs actual share of batches."""
+        group = self._group
+        if group.config.sampling_strategy is SamplingStrategy.WEIGHTED_RANDOM:
+            weights = np.asarray(group.config.dataloader_weights, dtype=float)
+            expected = (weights / weights.sum()).tolist()
+        else:
+            expected = [
+                q / group.total if group.total else 0.0
+                for q in quotas(group.config, group.lengths, group.total)
+            ]
+        done = max(self.total_batches, 1)
+        return [
+            {
+                "loader": name,
+                "batches": self.loader_batches[i],
+                "samples": self.loader_samples[i],
+                "expected_share": expected[i],
+                "actual_share": self.loader_batches[i] / done,
+                "cycles": self.loader_cycles[i],
+            }
+            for i, name in enumerate(group.names)
+        ]
