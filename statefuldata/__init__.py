@@ -8,7 +8,11 @@ from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.fallback import SkipFallback
-from statefuldata.loader import SeededStatefulDataLoader, make_loader
+from statefuldata.loader import (
+    SeededStatefulDataLoader,
+    close_loader,
+    make_loader,
+)
 from statefuldata.manager import DataLoaderManager, EpochIterator, PhaseLoader
 from statefuldata.permutation import FeistelPermutation
 from statefuldata.protocols import CheckpointableIterable, StatefulSampler
@@ -42,6 +46,7 @@ __all__ = [
     "SkipFallback",
     "StatefulSampler",
     "checkpointable",
+    "close_loader",
     "derive_seed",
     "make_loader",
     "sample_rng",

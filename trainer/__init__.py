@@ -3,12 +3,16 @@
 from trainer.callbacks import Callback
 from trainer.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from trainer.config import (
+    Aggregation,
+    AmpDtype,
     CheckpointConfig,
     GenericTrainerConfig,
+    MonitorMode,
     PerformanceConfig,
     PreemptionConfig,
     SchedulerInterval,
     ValidationConfig,
+    ValidationFrequency,
 )
 from trainer.loop import FitResult, GenericTrainer
 from trainer.manager import CheckpointManager
@@ -16,6 +20,8 @@ from trainer.precision import MixedPrecision, Precision, make_precision
 from trainer.resume import ResumeState
 
 __all__ = [
+    "Aggregation",
+    "AmpDtype",
     "Callback",
     "CheckpointConfig",
     "CheckpointError",
@@ -24,12 +30,14 @@ __all__ = [
     "GenericTrainer",
     "GenericTrainerConfig",
     "MixedPrecision",
+    "MonitorMode",
     "PerformanceConfig",
     "Precision",
     "PreemptionConfig",
     "ResumeState",
     "SchedulerInterval",
     "ValidationConfig",
+    "ValidationFrequency",
     "load_checkpoint",
     "make_precision",
     "save_checkpoint",

@@ -11,17 +11,16 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from trainer.atomic import atomic_write
 from trainer.precision import Precision, _load_scaler_state
 from trainer.resume import ResumeState
 from trainer.rng import restore_rng_states
@@ -252,31 +251,6 @@ def check_plain_types(obj: Any, where: str = "payload") -> None:
     )
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform (e.g. Windows)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temp file beside ``path``; flush, fsync, ``os.replace``, fsync folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically: a reader sees the old file or the whole new one.
 
@@ -286,7 +260,7 @@ def write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -
     path = Path(path)
     check_plain_types(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: torch.save(dict(payload), f))
+    atomic_write(path, lambda f: torch.save(dict(payload), f))
     return path
 
 

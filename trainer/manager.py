@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,12 +35,11 @@ from typing import Any
 import attrs
 import torch
 
+from trainer.atomic import atomic_write, copy_atomically, point_link
 from trainer.checkpoints import (
     KEY_EPOCH,
     KEY_GLOBAL_STEP,
     CheckpointError,
-    _atomic_write,
-    _fsync_dir,
     apply_payload,
     build_payload,
     read_checkpoint,
@@ -220,26 +218,10 @@ class CheckpointManager:
 
     def _point(self, name: str, target: Path) -> None:
         """Make ``root/name`` refer to ``target`` atomically: a symlink, else a copy."""
-        entry = self.root_dir / name
-        if self._symlinks:
-            tmp = entry.with_name(f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-            try:
-                os.symlink(target.name, tmp)
-                os.replace(tmp, entry)
-                _fsync_dir(self.root_dir)
-                return
-            except (OSError, NotImplementedError) as exc:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                logger.warning(
-                    "Cannot create symlinks in %s (%s); latest/best are atomic copies from now on "
-                    "(set use_symlinks=False to skip trying)",
-                    self.root_dir,
-                    exc,
-                )
-                self._symlinks = False
-        with target.open("rb") as src:
-            _atomic_write(entry, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
+        if self._symlinks and not point_link(self.root_dir / name, target):
+            self._symlinks = False
+        if not self._symlinks:
+            copy_atomically(target, self.root_dir / name)
 
     def _rotate(self, *, keep: Path) -> None:
         limit = self.config.max_checkpoints
@@ -297,7 +279,7 @@ class CheckpointManager:
             "global_step": int(global_step),
         }
         record = json.dumps(self._best, indent=2).encode()
-        _atomic_write(self.root_dir / BEST_RECORD_NAME, lambda f: f.write(record))
+        atomic_write(self.root_dir / BEST_RECORD_NAME, lambda f: f.write(record))
         self._point(BEST_NAME, path)
         logger.info("New best checkpoint %s (%s = %s)", path, metric, value)
         return True
