@@ -10,7 +10,7 @@ from torch.utils.data import IterableDataset
 from statefuldata.fallback import SkipFallback
 from statefuldata.protocols import CheckpointableIterable
 
-__all__ = ["checkpointable", "is_map_style"]
+__all__ = ["checkpointable"]
 
 
 def is_map_style(dataset: Any) -> bool:

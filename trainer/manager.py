@@ -50,7 +50,7 @@ from trainer.precision import Precision
 from trainer.resume import ResumeState
 from trainer.rng import capture_rng_states
 
-__all__ = ["BEST_NAME", "BEST_RECORD_NAME", "LATEST_NAME", "CheckpointManager"]
+__all__ = ["CheckpointManager"]
 
 logger = logging.getLogger(__name__)
 
