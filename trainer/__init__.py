@@ -17,6 +17,7 @@ from trainer.config import (
 from trainer.loop import FitResult, GenericTrainer
 from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
+from trainer.preemption import PreemptionFlag
 from trainer.resume import ResumeState
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "PerformanceConfig",
     "Precision",
     "PreemptionConfig",
+    "PreemptionFlag",
     "ResumeState",
     "SchedulerInterval",
     "ValidationConfig",
