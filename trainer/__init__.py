@@ -18,7 +18,7 @@ from trainer.loop import FitResult, GenericTrainer
 from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
 from trainer.preemption import PreemptionFlag
-from trainer.resume import ResumeState
+from trainer.resume import ResumePhase, ResumeState
 
 __all__ = [
     "Aggregation",
@@ -36,6 +36,7 @@ __all__ = [
     "Precision",
     "PreemptionConfig",
     "PreemptionFlag",
+    "ResumePhase",
     "ResumeState",
     "SchedulerInterval",
     "ValidationConfig",
