@@ -256,3 +256,58 @@ def test_demo_command_prints_the_equality_verdict() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "final parameters equal to the uninterrupted run: equal (True)" in done.stdout
     assert "preempted" in done.stdout and "schedule position" in done.stdout
+
+
+def test_fit_takes_a_pipeline_spec_and_stores_its_snapshot(tmp_path) -> None:
+    from statefuldata import LoaderSpec, PipelineSpec
+
+    spec = PipelineSpec(
+        loaders=[
+            LoaderSpec(name="a", dataset=Features(16), batch_size=4, shuffle=True, weight=0.6),
+            LoaderSpec(name="b", dataset=Features(16, offset=500), batch_size=4, weight=0.4),
+        ],
+        sampling_strategy="weighted",
+        epoch_length_policy="fixed_num_steps",
+        steps_per_epoch=5,
+        seed=2,
+    )
+    log: list = []
+    trainer = linear_trainer(
+        tmp_path, log=log, checkpoint=CheckpointConfig(root_dir=tmp_path, save_every_n_steps=2)
+    )
+    assert trainer.fit(spec, max_epochs=1).status == "completed"
+    assert [name for _, name, _ in log] == [
+        name for _, name, _ in spec.build().create_epoch_iterator("train", 0)
+    ]
+    payload = read_checkpoint(tmp_path / "latest.ckpt")
+    assert payload["config_snapshot"]["data"] == spec.to_dict()
+    # worker snapshots follow the checkpoint cadence instead of every batch
+    assert [ld.snapshot_every_n_steps for ld in trainer.dataloader_manager.loaders()] == [2, 2]
+
+
+def test_per_loader_optimizers_only_step_with_their_loader(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(8, 1), "b": torch.nn.Linear(8, 1)})
+    opt_a = torch.optim.SGD(model["a"].parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(model["b"].parameters(), lr=0.1)
+    sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=1, gamma=0.5)
+    sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=1, gamma=0.5)
+    config = GenericTrainerConfig(
+        progress_bar=False,
+        checkpoint=CheckpointConfig(root_dir=tmp_path),
+        train_loader_config=MultiDataLoaderConfig(sampling_strategy="sequential"),
+        per_loader_optimizer_id=[0, 1],
+        loss_weights_per_loader=[1.0, 0.0],
+    )
+    trainer = GenericTrainer(config, model, [opt_a, opt_b], [sched_a, sched_b])
+    before_b = model["b"].weight.detach().clone()
+    trainer.set_training_step(
+        lambda t, batch, i, di, name: {
+            "loss": torch.nn.functional.mse_loss(
+                t.model["a" if di == 0 else "b"](batch["x"]), batch["y"]
+            )
+        }
+    )
+    trainer.fit([eight_batches(), eight_batches(offset=500)], max_epochs=1)
+    assert torch.equal(model["b"].weight, before_b)  # its loader's loss weight is 0: never stepped
+    assert sched_a.last_epoch == 8 and sched_b.last_epoch == 0  # 8 batches of loader a, 8 of b
