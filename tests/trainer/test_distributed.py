@@ -1,0 +1,93 @@
+"""Two CPU ranks (gloo): preemption is agreed by all ranks, rank 0 writes every rank's data position."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from statefuldata import make_loader
+from tests.data import Features
+from tests.trainer.harness import SignalAt
+from trainer import CheckpointConfig, GenericTrainer, GenericTrainerConfig
+from trainer.checkpoints import read_checkpoint
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, root: str, out: str, preempt_at: int | None) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        config = GenericTrainerConfig(
+            progress_bar=False, checkpoint=CheckpointConfig(root_dir=root)
+        )
+        callbacks = (SignalAt(preempt_at),) if preempt_at is not None and rank == 0 else ()
+        trainer = GenericTrainer(config, model, optimizer, callbacks=callbacks)
+        seen: list[list[int]] = []
+
+        def step(t, batch, batch_idx, dataloader_idx, name):
+            seen.append(batch["id"].tolist())
+            return {"loss": torch.nn.functional.mse_loss(t.model(batch["x"]), batch["y"])}
+
+        trainer.set_training_step(step)
+        loader = make_loader(
+            Features(48), batch_size=4, shuffle=True, seed=1, rank=rank, world_size=WORLD
+        )
+        result = trainer.fit([loader], max_epochs=2)
+        torch.save(
+            {
+                "status": result.status,
+                "step": result.global_step,
+                "params": model.state_dict(),
+                "seen": seen,
+            },
+            Path(out) / f"rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(root: Path, out: Path, preempt_at: int | None = None) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    mp.spawn(
+        _rank_main, args=(_free_port(), str(root), str(out), preempt_at), nprocs=WORLD, join=True
+    )
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.slow
+def test_preemption_on_one_rank_stops_all_and_resume_matches(tmp_path) -> None:
+    reference = _run(tmp_path / "ref", tmp_path / "ref-out")
+    first = _run(tmp_path / "run", tmp_path / "first-out", preempt_at=5)
+    assert [r["status"] for r in first] == ["preempted", "preempted"]
+    assert first[0]["step"] == first[1]["step"] == 5
+    payload = read_checkpoint(tmp_path / "run" / "latest.ckpt")
+    rank_states = payload["dataloader_manager_state"]["rank_states"]
+    assert len(rank_states) == WORLD
+    positions = [
+        s["train_iterator_state"]["loader_states"][0]["sampler_state"] for s in rank_states
+    ]
+    assert [p["fingerprint"]["rank"] for p in positions] == [0, 1] and {
+        p["position"] for p in positions
+    } == {20}
+    resumed = _run(tmp_path / "run", tmp_path / "resumed-out")
+    assert [r["status"] for r in resumed] == ["completed", "completed"]
+    for rank in range(WORLD):
+        assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
+        for key, value in reference[rank]["params"].items():
+            assert torch.equal(resumed[rank]["params"][key], value), (rank, key)
