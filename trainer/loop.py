@@ -235,6 +235,10 @@ class GenericTrainer(Persistence):
             disable=not show,
             leave=False,
         ) as bar:
+            if self.state.micro_step >= self.config.performance.gradient_accumulation_steps:
+                self._optimizer_step(
+                    preemption
+                )  # interrupted between the last backward and its step
             if self._inflight is not None:
                 self._train_batch(*self._inflight, preemption)
                 bar.update(1)
@@ -329,8 +333,6 @@ class GenericTrainer(Persistence):
             if self.rank == 0:
                 logger.info("epoch %d step %d loss %.6f", self.state.epoch, step, value)
         self._window_losses.clear()
-        for callback in self.callbacks:
-            callback.on_optimizer_step(self)
         validation = self.config.validation
         if (
             validation.frequency is ValidationFrequency.EVERY_N_STEPS
@@ -340,6 +342,8 @@ class GenericTrainer(Persistence):
         every = self.config.checkpoint.save_every_n_steps
         if every and step % every == 0:
             self.save("step")
+        for callback in self.callbacks:  # after this step's validation and checkpoint
+            callback.on_optimizer_step(self)
         if preemption.agreed(self.device if self.device.type == "cuda" else None):
             self.state.preempted = True
             if self._saved_at != step:

@@ -100,17 +100,28 @@ def test_real_signal_at_batch_3_of_8_then_resume_gives_exactly_24_batches(tmp_pa
     assert first_log + second_log == reference_log
 
 
-def test_keyboard_interrupt_then_fit_again_continues_from_the_exact_batch(tmp_path) -> None:
-    expected_log: list = []
-    expected = build(tmp_path / "ref", log=expected_log)
-    expected.fit(loaders(), max_epochs=2)
+@pytest.fixture(scope="module")
+def three_loader_reference(tmp_path_factory):
     log: list = []
-    interrupt = InterruptAt(37)  # inside an accumulation window (gradient accumulation 2)
+    trainer = build(tmp_path_factory.mktemp("ref"), log=log)
+    trainer.fit(loaders(), max_epochs=2)
+    return trainer, log
+
+
+# 37: inside an accumulation window (accumulation 2); 36 and 100: right at a window's last batch,
+# before its optimizer step ran; 100 is also the last batch of epoch 0.
+@pytest.mark.parametrize("at", [36, 37, 100])
+def test_keyboard_interrupt_then_fit_again_continues_from_the_exact_batch(
+    tmp_path, three_loader_reference, at
+) -> None:
+    expected, expected_log = three_loader_reference
+    log: list = []
+    interrupt = InterruptAt(at)
     trainer = build(tmp_path / "run", log=log, callbacks=(interrupt,))
     data = loaders()
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(data, max_epochs=2)
-    assert len(log) == 37 and trainer.state.micro_step == 1
+    assert len(log) == at and trainer.state.micro_step == (1 if at % 2 else 2)
     trainer.callbacks.remove(interrupt)
     assert trainer.fit(data, max_epochs=2).status == "completed"
     assert log == expected_log

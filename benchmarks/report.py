@@ -1,0 +1,212 @@
+"""Write a run's results: ``results.json``, a Markdown report ``results.md`` and PNG figures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks.results import BenchmarkResult, Column, Figure, Panel, Series
+
+__all__ = ["format_value", "write_report"]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None (strict JSON has no inf or nan)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _seconds(value: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def _bytes(value: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def format_value(value: Any, kind: str) -> str:
+    """A table cell: numbers formatted by the column kind, strings as they are."""
+    if value is None:
+        return "–"
+    if isinstance(value, str) or kind == "text":
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "seconds":
+        return _seconds(value)
+    if kind == "ratio":
+        return f"{value:.3g}×" if value < 1000 else f"{value:,.0f}×"
+    if kind == "bytes":
+        return _bytes(value)
+    if kind == "rate":
+        return f"{value / 1e6:.3g} M/s"
+    return str(value)
+
+
+def _markdown_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(c.header for c in columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        cells = [format_value(row.get(c.key), c.kind).replace("|", "/") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def headline_table(results: Sequence[BenchmarkResult]) -> list[str]:
+    """The Markdown table of every headline ratio, its target and whether it was met."""
+    columns = [
+        Column("benchmark", "benchmark"),
+        Column("label", "headline ratio"),
+        Column("value", "value", "ratio"),
+        Column("target", "target"),
+        Column("met", "met"),
+        Column("basis", "basis"),
+    ]
+    rows = []
+    for result in results:
+        if not result.headlines:
+            rows.append({"benchmark": result.name, "label": result.status, "met": "–"})
+        for h in result.headlines:
+            met = "yes" if h.passed else "**no**"
+            rows.append({**h.to_dict(), "benchmark": result.name, "met": met})
+    return _markdown_table(columns, rows)
+
+
+def _section(index: int, result: BenchmarkResult) -> list[str]:
+    lines = [f"## {index}. {result.title} (`{result.name}`)", ""]
+    if result.status != "ok":
+        return [*lines, f"**{result.status}**", ""]
+    load = result.load_average
+    lines += [result.method, "", f"Ran {result.seconds:.0f} s; load average {load}.", ""]
+    for table in result.tables:
+        lines += [f"**{table.title}**", "", *_markdown_table(table.columns, table.rows), ""]
+    lines += [f"- {note}" for note in result.notes]
+    lines += [""] + [f"![{fig.title}]({fig.filename})" for fig in result.figures] + [""]
+    return lines
+
+
+def write_markdown(path: Path, results: Sequence[BenchmarkResult], machine: dict[str, Any]) -> None:
+    mode = "quick (`--quick`, reduced sizes)" if machine.get("quick") else "full"
+    lines = [
+        "# statefuldata benchmarks",
+        "",
+        f"Mode: {mode}. Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs "
+        f"({machine['usable_cpus']} usable, torch threads {machine['torch_threads']}); "
+        f"Python {machine['python']}, torch {machine['torch']}, torchdata {machine['torchdata']}, "
+        f"numpy {machine['numpy']}; load average at start {machine['load_average_at_start']}; "
+        f"started {machine['started_at']}.",
+        "",
+        "Every number is a median over interleaved repeats and is shown next to a baseline; "
+        "values marked `~` (extrapolated or interpolated) were not measured (see each section).",
+        "",
+        *(
+            [
+                "**Quick mode**: sizes are reduced to keep the run short. The targets are set for "
+                "the full sizes, so a miss here says nothing; run `python -m benchmarks` for them.",
+                "",
+            ]
+            if machine.get("quick")
+            else []
+        ),
+        "## Headline ratios",
+        "",
+        *headline_table(results),
+        "",
+    ]
+    for index, result in enumerate(results, start=1):
+        lines += _section(index, result)
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+
+
+def _draw_line(ax: Any, series: Series) -> None:
+    """Solid between measured points, dashed towards estimated ones; hollow estimated markers."""
+    estimated = series.estimated or (False,) * len(series.x)
+    points = list(zip(series.x, series.y, estimated))
+    color = ax.plot([], [], marker="o", label=series.label)[0].get_color()
+    for (x1, y1, e1), (x2, y2, e2) in itertools.pairwise(points):
+        style = "--" if e1 or e2 else "-"
+        ax.plot([x1, x2], [y1, y2], linestyle=style, color=color, alpha=0.7 if style == "--" else 1)
+    for x, y, guessed in points:
+        ax.plot([x], [y], marker="o", color=color, mfc="none" if guessed else color)
+
+
+def _draw_panel(ax: Any, panel: Panel) -> None:
+    if panel.categories:
+        width = 0.8 / max(1, len(panel.series))
+        for i, series in enumerate(panel.series):
+            xs = [j + (i - (len(panel.series) - 1) / 2) * width for j in range(len(series.y))]
+            ax.bar(xs, series.y, width=width, label=series.label)
+        ax.set_xticks(range(len(panel.categories)), panel.categories, rotation=20, ha="right")
+    else:
+        for series in panel.series:
+            _draw_line(ax, series)
+    ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
+    if panel.logx:
+        ax.set_xscale("log")
+    if panel.logy:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def write_figure(out_dir: Path, figure: Figure) -> Path:
+    ncols = min(2, len(figure.panels))
+    nrows = math.ceil(len(figure.panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.4 * nrows), squeeze=False)
+    for ax, panel in zip(axes.flat, figure.panels):
+        _draw_panel(ax, panel)
+    for ax in list(axes.flat)[len(figure.panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(figure.title + "\n(hollow markers, dashed lines: estimated, not measured)")
+    fig.tight_layout()
+    path = out_dir / figure.filename
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    out_dir: Path, results: Sequence[BenchmarkResult], machine: dict[str, Any], settings: Any
+) -> dict[str, Any]:
+    """Write results.json, results.md and every figure into ``out_dir``; return the JSON payload."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        for figure in result.figures:
+            write_figure(out_dir, figure)
+    payload = {
+        "machine": machine,
+        "settings": {
+            "quick": settings.quick,
+            "repeats": settings.repeats,
+            "warmup": settings.warmup,
+        },
+        "headlines": [{**h.to_dict(), "benchmark": r.name} for r in results for h in r.headlines],
+        "benchmarks": {r.name: r.to_dict() for r in results},
+    }
+    payload = _plain(payload)
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    (out_dir / "results.json").write_text(text + "\n", encoding="utf-8")
+    write_markdown(out_dir / "results.md", results, machine)
+    return payload
