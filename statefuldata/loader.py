@@ -45,6 +45,17 @@ class _WorkerSeeder:
             self.user_fn(worker_id)
 
 
+class _RetiredIterator:
+    def __next__(self) -> Any:
+        raise RuntimeError(
+            "this DataLoader iterator was superseded by load_state_dict() or a newer iter(); "
+            "call iter(loader) again to continue from the loader's current state"
+        )
+
+
+_RETIRED_CLASSES: dict[type, type] = {}
+
+
 class SeededStatefulDataLoader(StatefulDataLoader):
     """A ``StatefulDataLoader`` that knows its pass index (epoch) for seeding its workers.
 
@@ -66,11 +77,23 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         return self._epoch
 
     def _shutdown_current(self) -> None:
-        # torchdata drops replaced iterators without stopping their workers (e.g. a restored
-        # iterator that is already finished is replaced at once); they would linger until collected.
-        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        """Retire the current iterator: stop its workers and make it raise if used again.
+
+        torchdata drops replaced iterators without stopping their workers (they would linger until
+        collected), and an iterator kept by the caller would go on from its old position after
+        ``load_state_dict``; a retired one raises instead.
+        """
+        iterator = self._iterator
+        if iterator is None:
+            return
+        shutdown = getattr(iterator, "_shutdown_workers", None)
         if callable(shutdown):
             shutdown()
+        cls = type(iterator)
+        if not issubclass(cls, _RetiredIterator):
+            if cls not in _RETIRED_CLASSES:
+                _RETIRED_CLASSES[cls] = type(f"Retired{cls.__name__}", (_RetiredIterator, cls), {})
+            iterator.__class__ = _RETIRED_CLASSES[cls]
 
     def _get_iterator(self) -> Any:
         self._shutdown_current()

@@ -151,3 +151,28 @@ def test_stateless_user_sampler_warns(caplog) -> None:
 def test_bad_input(kwargs, error, match) -> None:
     with pytest.raises(error, match=match):
         make_loader(Ids(10), **kwargs)
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_loading_state_retires_a_live_iterator(num_workers: int) -> None:
+    loader = make_loader(Ids(20), batch_size=2, num_workers=num_workers)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    next(it)
+    loader.load_state_dict(state)
+    with pytest.raises(
+        RuntimeError, match=r"superseded by load_state_dict\(\) or a newer iter\(\)"
+    ):
+        next(it)
+    assert [b.tolist() for b in loader] == [
+        [2, 3],
+        [4, 5],
+        [6, 7],
+        [8, 9],
+        [10, 11],
+        [12, 13],
+        [14, 15],
+        [16, 17],
+        [18, 19],
+    ]
