@@ -17,6 +17,8 @@ from typing import Any
 
 import attrs
 
+from trainer.config import _enum_converter, _int_at_least
+
 __all__ = ["ResumePhase", "ResumeState"]
 
 
@@ -28,25 +30,8 @@ class ResumePhase(enum.Enum):
     DONE = "done"
 
 
-def _to_phase(value: Any) -> ResumePhase:
-    if isinstance(value, ResumePhase):
-        return value
-    for member in ResumePhase:
-        if value == member.value:
-            return member
-    valid = ", ".join(repr(m.value) for m in ResumePhase)
-    raise ValueError(f"'phase' must be one of {valid} (got {value!r})")
-
-
-def _non_negative_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"'{attribute.name}' must be an int (got {value!r})")
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0 (got {value})")
-
-
 def _count() -> Any:
-    return attrs.field(default=0, validator=_non_negative_int)
+    return attrs.field(default=0, validator=_int_at_least(0))
 
 
 def _flag() -> Any:
@@ -71,7 +56,9 @@ class ResumeState:
     State keys (``to_dict``): the attribute names above; ``phase`` is stored as its string value.
     """
 
-    phase: ResumePhase = attrs.field(default=ResumePhase.TRAIN, converter=_to_phase)
+    phase: ResumePhase = attrs.field(
+        default=ResumePhase.TRAIN, converter=_enum_converter(ResumePhase, "phase")
+    )
     epoch: int = _count()
     global_step: int = _count()
     batch_in_epoch: int = _count()
