@@ -130,6 +130,8 @@ def interleave(
 ) -> dict[str, Stat]:
     """Run the variants in rotating rounds; return each one's :class:`Stat` over the kept rounds."""
     names = list(variants)
+    if not names:
+        return {}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
         shift = round_index % len(names)

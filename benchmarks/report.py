@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 
 from benchmarks.results import BenchmarkResult, Column, Figure, Panel, Series
 
-__all__ = ["format_value", "write_report"]
+__all__ = ["format_value", "power_label", "write_report"]
 
 
 def _plain(value: Any) -> Any:
@@ -31,6 +31,8 @@ def _plain(value: Any) -> Any:
 
 
 def _seconds(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:,.0f} s"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if abs(value) >= scale:
             return f"{value / scale:.3g} {unit}"
@@ -42,6 +44,12 @@ def _bytes(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g} {unit}"
     return f"{value:.0f} B"
+
+
+def power_label(n: int) -> str:
+    """``10^8`` for a power of ten, else ``123,456``."""
+    exponent = len(str(n)) - 1
+    return f"10^{exponent}" if n >= 100 and n == 10**exponent else f"{n:,}"
 
 
 def format_value(value: Any, kind: str) -> str:
@@ -158,6 +166,8 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
         for i, series in enumerate(panel.series):
             xs = [j + (i - (len(panel.series) - 1) / 2) * width for j in range(len(series.y))]
             ax.bar(xs, series.y, width=width, label=series.label)
+        top = max((max(s.y) for s in panel.series if s.y), default=1.0)
+        ax.set_ylim(0, top * (1.2 + 0.12 * len(panel.series)))  # room for the legend
         ax.set_xticks(range(len(panel.categories)), panel.categories, rotation=20, ha="right")
     else:
         for series in panel.series:
@@ -179,7 +189,9 @@ def write_figure(out_dir: Path, figure: Figure) -> Path:
         _draw_panel(ax, panel)
     for ax in list(axes.flat)[len(figure.panels) :]:
         ax.set_visible(False)
-    fig.suptitle(figure.title + "\n(hollow markers, dashed lines: estimated, not measured)")
+    estimated = any(any(s.estimated) for p in figure.panels for s in p.series)
+    note = "\n(hollow markers, dashed lines: estimated, not measured)" if estimated else ""
+    fig.suptitle(figure.title + note)
     fig.tight_layout()
     path = out_dir / figure.filename
     fig.savefig(path, dpi=110)

@@ -9,7 +9,7 @@ import attrs
 
 from benchmarks.curves import Curve, states_equal
 from benchmarks.harness import Progress, Settings, interleave, quiet_logs
-from benchmarks.report import format_value
+from benchmarks.report import format_value, power_label
 from benchmarks.restore_ways import WAYS, measure, prepare
 from benchmarks.results import BenchmarkResult, Column, Figure, Headline, Panel, Series, Table
 
@@ -150,7 +150,7 @@ def _headlines(plan: _Plan, results: dict[str, dict[int, dict]]) -> list[Headlin
     return [
         Headline(
             key="restore_skip_over_state",
-            label=f"restore at k={k_max:,}: skip fallback / state (stream, {where})",
+            label=f"restore at k={power_label(k_max)}: skip fallback / state (stream, {where})",
             value=skip / state,
             op=">=",
             threshold=10.0,
@@ -158,7 +158,7 @@ def _headlines(plan: _Plan, results: dict[str, dict[int, dict]]) -> list[Headlin
         ),
         Headline(
             key="restore_torchdata_over_state",
-            label=f"restore at k={k_max:,}: torchdata default / ours (map, {where})",
+            label=f"restore at k={power_label(k_max)}: torchdata default / ours (map, {where})",
             value=torchdata / ours_map,
             op=">=",
             threshold=10.0,
@@ -166,7 +166,7 @@ def _headlines(plan: _Plan, results: dict[str, dict[int, dict]]) -> list[Headlin
         ),
         Headline(
             key="restore_state_flatness",
-            label=f"ours: restore at k={k_max:,} / at k={k_min} (map, {where})",
+            label=f"ours: restore at k={power_label(k_max)} / at k={power_label(k_min)} (map, {where})",
             value=ours_map / table["state"].value(k_min)[0],
             op="<=",
             threshold=1.25,

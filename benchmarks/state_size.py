@@ -22,6 +22,7 @@ import torch
 from benchmarks.curves import Curve
 from benchmarks.data import SyntheticMap
 from benchmarks.harness import Progress, Settings, interleave, memory_available_bytes
+from benchmarks.report import format_value, power_label
 from benchmarks.results import BenchmarkResult, Column, Figure, Headline, Panel, Series, Table
 from statefuldata import make_loader
 from statefuldata.loader import quiet_stateful_dataloader
@@ -111,7 +112,8 @@ def run(settings: Settings) -> BenchmarkResult:
                 "torchdata_bytes": sizes.get(("torchdata", n)),
                 "ours_restore_s": ours_s,
                 "torchdata_restore_s": td_s,
-                "torchdata_restore": f"{'~' if td_estimated else ''}{td_s:.3g} s"
+                "torchdata_restore": ("~" if td_estimated else "")
+                + format_value(td_s, "seconds")
                 + (" extrapolated" if td_estimated else ""),
                 "torchdata_basis": td_basis,
                 "restore_ratio": td_s / ours_s,
@@ -171,7 +173,7 @@ def run(settings: Settings) -> BenchmarkResult:
         headlines=[
             Headline(
                 key="state_bytes_ratio",
-                label=f"ours: state bytes at n={n_max:,} / at n={n_min:,}",
+                label=f"ours: state bytes at n={power_label(n_max)} / at n={power_label(n_min)}",
                 value=ratio,
                 op="==",
                 threshold=1.0,
