@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import torch
 
 from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.loader import SeededStatefulDataLoader, close_loader, frozen_heap_for_fork
@@ -39,6 +40,8 @@ KEYS_ITERATOR = (
 
 def _samples_in(batch: Any) -> int:
     """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
+    if type(batch) is torch.Tensor and batch.dim():
+        return batch.shape[0]
     while True:
         if hasattr(batch, "shape") and len(batch.shape) > 0:
             return int(batch.shape[0])
@@ -135,28 +138,46 @@ class EpochIterator:
         return len(self.schedule)
 
     def __next__(self) -> tuple[int, str, Any]:
-        if self._generation != self._group.generation:
+        group = self._group
+        if self._generation != group.generation:
             raise RuntimeError(
                 "this epoch iterator was superseded by load_state_dict() or a newer "
                 "create_epoch_iterator(); create a new one to continue from the loaded state"
             )
-        while self.position < len(self.schedule):
-            index = self.schedule[self.position]
-            batch = self._fetch(index)
+        schedule, cursors = self.schedule, group.cursors
+        while self.position < len(schedule):
+            index = schedule[self.position]
+            cursor = cursors[index]
+            iterator = cursor.iterator
+            batch = _SKIPPED
+            if iterator is not None and not cursor.exhausted:
+                batch = next(iterator, _SKIPPED)  # fast path: the loader's pass goes on
+                if batch is not _SKIPPED:
+                    cursor.batch_idx += 1
+            if batch is _SKIPPED:
+                batch = self._fetch(cursor, index)
             self.position += 1
             if batch is _SKIPPED:
                 continue
             self.total_batches += 1
             self.loader_batches[index] += 1
             self.loader_samples[index] += _samples_in(batch)
-            return index, self._group.names[index], batch
+            return index, group.names[index], batch
         raise StopIteration
 
-    def _fetch(self, index: int) -> Any:
-        cursor = self._group.cursors[index]
+    def _fetch(self, cursor: Cursor, index: int) -> Any:
+        """Slow path: the loader has no live pass, or its pass just ended."""
         if cursor.exhausted:
             return _SKIPPED
-        for _attempt in range(2):  # the current pass, then at most one fresh pass
+        if cursor.iterator is not None:  # its pass just ended (the fast path saw StopIteration)
+            cursor.iterator = None
+            cursor.batch_idx = 0
+            if not self._group.config.cycle_short_loaders and self.loader_batches[index] > 0:
+                cursor.exhausted = True
+                return _SKIPPED
+            if self.loader_batches[index] > 0:
+                self.loader_cycles[index] += 1
+        for _attempt in range(2):  # a fresh pass (a restored one may be empty), then one more
             if cursor.iterator is None:
                 cursor.iterator = start_pass(cursor.loader)
             try:

@@ -122,20 +122,22 @@ class SeededStatefulDataLoader(StatefulDataLoader):
 
 @contextlib.contextmanager
 def frozen_heap_for_fork() -> Iterator[None]:
-    """Collect garbage, then keep the garbage collector of forked workers off inherited objects.
+    """Keep the garbage collector of forked workers off the objects they inherit.
 
     DataLoader iterators live in reference cycles. A worker forked while an abandoned iterator is
     still uncollected inherits it and may collect it: its ``__del__`` then shuts down workers that
-    are not the child's own (signalling their queues), and pass starts stall for seconds. Collecting
-    first and freezing the heap across the fork (``gc.freeze``, undone in the parent right after)
-    leaves children nothing of the kind to collect.
+    are not the child's own (signalling their queues), and pass starts stall for seconds. Freezing
+    the heap across the fork (``gc.freeze``, undone in the parent right after, unless the caller had
+    frozen it already) leaves children nothing inherited to collect. Our loaders also retire the
+    iterators they replace, so nothing of theirs lingers to be collected in the first place.
     """
-    gc.collect()
+    already_frozen = gc.get_freeze_count() > 0
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not already_frozen:
+            gc.unfreeze()
 
 
 def close_loader(loader: Any) -> None:

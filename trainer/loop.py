@@ -103,6 +103,12 @@ class GenericTrainer(Persistence):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        in_optimizers = {
+            id(p) for o in self.optimizers for g in o.param_groups for p in g["params"]
+        }
+        self._params_outside_optimizers = [
+            p for p in self.model.parameters() if id(p) not in in_optimizers
+        ]
         self.precision = make_precision(config.performance, self.device)
         self.checkpoints = CheckpointManager(config.checkpoint)
         self.callbacks = list(callbacks)
@@ -267,7 +273,7 @@ class GenericTrainer(Persistence):
         self.state.phase = "done" if self.state.completed else "train"
         self._epoch_iter = None
         every = self.config.checkpoint.save_every_n_epochs
-        if (every and self.state.epoch % every == 0) or self.state.completed:
+        if every and (self.state.epoch % every == 0 or self.state.completed):
             self.save("epoch_end")
 
     def _train_batch(
@@ -286,8 +292,8 @@ class GenericTrainer(Persistence):
         weights = self.config.loss_weights_per_loader
         weight = 1.0 if weights is None else float(weights[loader_idx])
         if weight != 0.0:
-            accumulate = self.config.performance.gradient_accumulation_steps
-            self.precision.backward(loss * (weight / accumulate))
+            scale = weight / self.config.performance.gradient_accumulation_steps
+            self.precision.backward(loss if scale == 1.0 else loss * scale)
             ids = self.config.per_loader_optimizer_id
             self._window.update(range(len(self.optimizers)) if ids is None else (ids[loader_idx],))
         self._window_losses.append(loss.detach())
@@ -317,7 +323,8 @@ class GenericTrainer(Persistence):
         self.precision.update()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        self.model.zero_grad(set_to_none=True)
+        for param in self._params_outside_optimizers:
+            param.grad = None
         if self.config.scheduler_interval is SchedulerInterval.STEP:
             for i in stepped:
                 if i < len(self.schedulers):

@@ -38,7 +38,7 @@ def _flag() -> Any:
     return attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, on_setattr=attrs.setters.convert)  # validated at init, not per step
 class ResumeState:
     """The loop position saved in every checkpoint (``resume_state`` in format v1).
 
