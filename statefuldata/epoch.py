@@ -41,7 +41,7 @@ KEYS_ITERATOR = (
 def _samples_in(batch: Any) -> int:
     """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
     if type(batch) is torch.Tensor and batch.dim():
-        return batch.shape[0]
+        return len(batch)
     while True:
         if hasattr(batch, "shape") and len(batch.shape) > 0:
             return int(batch.shape[0])
@@ -144,25 +144,24 @@ class EpochIterator:
                 "this epoch iterator was superseded by load_state_dict() or a newer "
                 "create_epoch_iterator(); create a new one to continue from the loaded state"
             )
-        schedule, cursors = self.schedule, group.cursors
-        while self.position < len(schedule):
-            index = schedule[self.position]
-            cursor = cursors[index]
-            iterator = cursor.iterator
+        schedule, position = self.schedule, self.position
+        while position < len(schedule):
+            index = schedule[position]
+            cursor = group.cursors[index]
             batch = _SKIPPED
-            if iterator is not None and not cursor.exhausted:
-                batch = next(iterator, _SKIPPED)  # fast path: the loader's pass goes on
-                if batch is not _SKIPPED:
-                    cursor.batch_idx += 1
+            if cursor.iterator is not None and not cursor.exhausted:
+                batch = next(cursor.iterator, _SKIPPED)  # fast path: the loader's pass goes on
             if batch is _SKIPPED:
                 batch = self._fetch(cursor, index)
-            self.position += 1
-            if batch is _SKIPPED:
-                continue
-            self.total_batches += 1
-            self.loader_batches[index] += 1
-            self.loader_samples[index] += _samples_in(batch)
-            return index, group.names[index], batch
+            else:
+                cursor.batch_idx += 1
+            position += 1
+            self.position = position
+            if batch is not _SKIPPED:
+                self.total_batches += 1
+                self.loader_batches[index] += 1
+                self.loader_samples[index] += _samples_in(batch)
+                return index, group.names[index], batch
         raise StopIteration
 
     def _fetch(self, cursor: Cursor, index: int) -> Any:
