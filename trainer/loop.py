@@ -33,6 +33,7 @@ __all__ = ["FitResult", "GenericTrainer"]
 logger = logging.getLogger(__name__)
 
 StepFn = Callable[..., dict[str, Any]]
+SNAPSHOT_CAP = 100  # batches between worker snapshots when no step checkpoints are configured
 
 
 @attrs.frozen
@@ -215,13 +216,15 @@ class GenericTrainer(Persistence):
         return result
 
     def _set_snapshot_cadence(self, manager: DataLoaderManager) -> None:
-        """Worker snapshots every checkpoint interval instead of every batch (state stays exact)."""
+        """Worker snapshots at the checkpoint cadence instead of every batch.
+
+        State stays exact at any step either way: torchdata replays the batches since the last
+        snapshot on restore. Without step checkpoints a preemption can still save at any step, so the
+        interval is capped to keep that replay short.
+        """
         every = self.config.checkpoint.save_every_n_steps
-        interval = (
-            every * self.config.performance.gradient_accumulation_steps
-            if every
-            else manager.epoch_length()
-        )
+        accumulate = self.config.performance.gradient_accumulation_steps
+        interval = every * accumulate if every else min(manager.epoch_length(), SNAPSHOT_CAP)
         for loader in manager.loaders("train"):
             if hasattr(loader, "snapshot_every_n_steps"):
                 loader.snapshot_every_n_steps = max(1, interval)
@@ -242,9 +245,8 @@ class GenericTrainer(Persistence):
             leave=False,
         ) as bar:
             if self.state.micro_step >= self.config.performance.gradient_accumulation_steps:
-                self._optimizer_step(
-                    preemption
-                )  # interrupted between the last backward and its step
+                # interrupted between the window's last backward and its optimizer step
+                self._optimizer_step(preemption)
             if self._inflight is not None:
                 self._train_batch(*self._inflight, preemption)
                 bar.update(1)
