@@ -7,16 +7,15 @@ Folder layout (``config.root_dir``)::
     best.ckpt                     # symlink to (or copy of) the best file by monitor_metric
     best.json                     # the best value, so it survives restarts
 
-Guarantees: every file, link and ``best.json`` is replaced atomically, so a kill at any moment leaves
-``latest`` on a complete file. Rotation keeps the newest ``max_checkpoints`` files plus the best one.
-Restore without a path takes ``latest`` or else the newest file that reads, skipping corrupt or
-truncated ones with a WARNING, and raises when none is valid. One writer per folder is assumed:
-leftover temp files of an interrupted save are removed when a manager is created.
+Guarantees: files, links and ``best.json`` are replaced atomically: a kill at any moment leaves
+``latest`` on a complete file (``best``, moved after it, at most one save behind). Rotation keeps the
+newest ``max_checkpoints`` files plus the best. Restore without a path takes ``latest`` or the newest
+file that reads, skipping corrupt ones with a WARNING, and raises when none is valid. One writer per
+folder: a new manager removes leftover temp files.
 
 Example:
     >>> manager = CheckpointManager(CheckpointConfig(root_dir=tmp, max_checkpoints=2))  # doctest: +SKIP
-    >>> manager.save_checkpoint(model=m, optimizers=[o], schedulers=[], scaler=None,
-    ...                         resume_state=ResumeState(), epoch=0, global_step=10, metrics={})
+    >>> manager.save_checkpoint(model=m, optimizers=[o], schedulers=[], scaler=None, epoch=0, global_step=10)
 """
 
 from __future__ import annotations
