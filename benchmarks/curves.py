@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import torch
 
 from benchmarks.harness import Stat
+from statefuldata.testing import equal as states_equal
 
 __all__ = ["Curve", "extrapolate_state", "states_equal"]
 
@@ -127,20 +127,3 @@ def extrapolate_state(s1: Any, k1: int, s2: Any, k2: int, k: int, where: str = "
     if not states_equal(s1, s2):
         raise ValueError(f"{where}: a non-integer value changes between k={k1} and k={k2}")
     return s1
-
-
-def states_equal(a: Any, b: Any) -> bool:
-    """Deep equality of plain-typed states with tensors compared by value."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and torch.equal(a, b)
-        )
-    if isinstance(a, dict):
-        return isinstance(b, dict) and set(a) == set(b) and all(states_equal(a[x], b[x]) for x in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(states_equal, a, b))
-    return type(a) is type(b) and a == b
