@@ -7,6 +7,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import torch
+
 from statefuldata.errors import IncompatibleStateError
 
 __all__ = ["SkipBatchesLoader"]
@@ -14,24 +16,59 @@ __all__ = ["SkipBatchesLoader"]
 logger = logging.getLogger(__name__)
 
 
+def _samplers(loader: Any) -> list[Any]:
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found = [getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)]
+    return [s for s in found if s is not None]
+
+
+def _generators(loader: Any) -> list[torch.Generator]:
+    """The generators a pass of ``loader`` draws its order and worker seeds from, in a fixed order."""
+    found: list[torch.Generator] = []
+    for owner in (loader, *_samplers(loader)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def _check_reproducible(loader: Any, name: str) -> None:
+    for sampler in _samplers(loader):
+        if getattr(sampler, "generator", False) is None:
+            raise ValueError(
+                f"loader {name!r} is a plain DataLoader whose {type(sampler).__name__} draws a new "
+                "random order from the global RNG at every pass, so no checkpoint can bring its "
+                "order back. Build it with statefuldata.make_loader(dataset, shuffle=True, seed=...) "
+                "(O(1) restore), or pass DataLoader(..., generator=torch.Generator().manual_seed(0))"
+            )
+
+
 class SkipBatchesLoader:
     """Wrap a plain ``torch.utils.data.DataLoader`` (no state methods): restore by skipping batches.
 
     Skipped batches are fully loaded and collated, so a restore costs as much as re-reading that part
-    of the pass. It is exact only if the loader's order is deterministic (seeded generator). One WARNING
-    per restore says how to fix it: build the loader with ``statefuldata.make_loader``.
+    of the pass. The state records the loader's generator states at the start of the current pass,
+    so a restore in any pass replays that pass's order (and its workers' seeds). A loader that shuffles
+    from the global RNG (no ``generator``) is refused: its order cannot be brought back. One WARNING
+    per restore says how to make it O(1): build the loader with ``statefuldata.make_loader``.
 
-    State keys: ``batches_yielded``.
+    State keys: ``batches_yielded``, ``pass_generator_states`` (one ByteTensor per generator).
     """
 
     KEY_BATCHES: ClassVar[str] = "batches_yielded"
+    KEY_GENERATORS: ClassVar[str] = "pass_generator_states"
 
     def __init__(self, loader: Any, *, name: str = "") -> None:
         self.loader = loader
         self.name = name or type(loader).__name__
+        _check_reproducible(loader, self.name)
+        self._generators = _generators(loader)
         self._yielded = 0
         self._skip = 0
+        self._pass_states: list[torch.Tensor] = [g.get_state() for g in self._generators]
+        self._restore_states: list[torch.Tensor] | None = None
         self._generation = 0
+        self._batches: Any = None
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -44,14 +81,31 @@ class SkipBatchesLoader:
     def dataset(self) -> Any:
         return getattr(self.loader, "dataset", None)
 
+    @property
+    def num_workers(self) -> int:
+        return int(getattr(self.loader, "num_workers", 0))
+
     def __iter__(self) -> Iterator[Any]:
         skip, self._skip = self._skip, 0
+        if self._restore_states is not None:
+            for generator, state in zip(self._generators, self._restore_states):
+                generator.set_state(state)
+            self._restore_states = None
+        self._pass_states = [g.get_state() for g in self._generators]
         self._yielded = skip
         self._generation += 1
         return self._generate(skip, self._generation)
 
+    def close(self) -> None:
+        """Stop the worker processes of the current pass (the next ``iter()`` starts new ones)."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+
     def _generate(self, skip: int, generation: int) -> Iterator[Any]:
-        batches = iter(self.loader)
+        self.close()
+        self._batches = batches = iter(self.loader)
         if skip:
             skipped = sum(1 for _ in itertools.islice(batches, skip))
             if skipped < skip:
@@ -75,12 +129,23 @@ class SkipBatchesLoader:
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {self.KEY_BATCHES: self._yielded}
+        return {
+            self.KEY_BATCHES: self._yielded,
+            self.KEY_GENERATORS: [state.clone() for state in self._pass_states],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or set(state) != {self.KEY_BATCHES}:
+        keys = {self.KEY_BATCHES, self.KEY_GENERATORS}
+        if not isinstance(state, dict) or not {self.KEY_BATCHES} <= set(state) <= keys:
             raise IncompatibleStateError(
-                f"SkipBatchesLoader state must have the key {self.KEY_BATCHES!r} (got {state!r})"
+                f"SkipBatchesLoader state must have the keys {sorted(keys)} (got {state!r})"
+            )
+        generators = state.get(self.KEY_GENERATORS)
+        if generators is not None and len(generators) != len(self._generators):
+            raise IncompatibleStateError(
+                f"loader {self.name!r}: the state holds {len(generators)} generator state(s) but the "
+                f"loader draws from {len(self._generators)}; rebuild it as it was when saved"
             )
         self._skip = self._yielded = int(state[self.KEY_BATCHES])
+        self._restore_states = None if generators is None else list(generators)
         self._generation += 1

@@ -9,6 +9,7 @@ groups of loaders and creates these iterators.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,17 @@ from statefuldata.loader import SeededStatefulDataLoader, close_loader, frozen_h
 from statefuldata.schedule import build_schedule, quotas, rng_state_from_plain
 from statefuldata.state import STATE_VERSION, split_loader_state
 
-__all__ = ["Cursor", "EpochIterator", "Group", "drop_pass", "fingerprint_of", "start_pass"]
+__all__ = [
+    "Cursor",
+    "EpochIterator",
+    "Group",
+    "drop_pass",
+    "fingerprint_of",
+    "park_pass",
+    "start_pass",
+]
+
+logger = logging.getLogger(__name__)
 
 _SKIPPED = object()
 KEYS_ITERATOR = (
@@ -64,10 +75,17 @@ def _in_flight(loader: Any) -> int:
 
 @attrs.define(eq=False)
 class Cursor:
+    """Where one loader stands: its live pass, batches drawn in it, and whether it is done.
+
+    ``parked`` holds the loader's state while its workers are released mid-pass
+    (:meth:`DataLoaderManager.release_workers`); the next draw resumes the pass from it.
+    """
+
     loader: Any
     iterator: Iterator[Any] | None = None
     batch_idx: int = 0
     exhausted: bool = False
+    parked: dict[str, Any] | None = None
 
 
 def start_pass(loader: Any) -> Iterator[Any]:
@@ -77,9 +95,23 @@ def start_pass(loader: Any) -> Iterator[Any]:
     return iter(loader)
 
 
-def drop_pass(cursor: Cursor) -> None:
-    close_loader(cursor.loader)
-    cursor.iterator = None
+def drop_pass(cursor: Cursor, *, keep_workers: bool = False) -> None:
+    """Forget the cursor's live pass; stop its workers unless they persist and ``keep_workers``."""
+    if not (keep_workers and getattr(cursor.loader, "persistent_workers", False)):
+        close_loader(cursor.loader)
+    cursor.iterator, cursor.parked = None, None
+
+
+def park_pass(cursor: Cursor) -> None:
+    """Stop the cursor's worker processes but keep its position: the pass resumes at its next draw."""
+    if cursor.iterator is None or getattr(cursor.loader, "num_workers", 0) == 0:
+        if cursor.iterator is None:
+            close_loader(cursor.loader)  # e.g. persistent workers idle after a finished pass
+        return
+    state = copy.deepcopy(cursor.loader.state_dict())
+    drop_pass(cursor)
+    cursor.loader.load_state_dict(copy.deepcopy(state))
+    cursor.parked = state
 
 
 @attrs.define(eq=False)
@@ -97,6 +129,7 @@ class Group:
     pending_rng: Any = None
     current: EpochIterator | None = None
     generation: int = 0
+    warned: set[int] = attrs.field(factory=set)
 
 
 def fingerprint_of(
@@ -169,6 +202,7 @@ class EpochIterator:
         if cursor.exhausted:
             return _SKIPPED
         if cursor.iterator is not None:  # its pass just ended (the fast path saw StopIteration)
+            self._check_length(cursor, index)
             cursor.iterator = None
             cursor.batch_idx = 0
             if not self._group.config.cycle_short_loaders and self.loader_batches[index] > 0:
@@ -178,10 +212,11 @@ class EpochIterator:
                 self.loader_cycles[index] += 1
         for _attempt in range(2):  # a fresh pass (a restored one may be empty), then one more
             if cursor.iterator is None:
-                cursor.iterator = start_pass(cursor.loader)
+                cursor.iterator, cursor.parked = start_pass(cursor.loader), None
             try:
                 batch = next(cursor.iterator)
             except StopIteration:
+                self._check_length(cursor, index)
                 cursor.iterator, cursor.batch_idx = None, 0
                 if not self._group.config.cycle_short_loaders and self.loader_batches[index] > 0:
                     cursor.exhausted = True
@@ -196,11 +231,30 @@ class EpochIterator:
             "cannot be scheduled (check its dataset length, batch_size and drop_last)"
         )
 
+    def _check_length(self, cursor: Cursor, index: int) -> None:
+        """One WARNING per loader whose pass yields another number of batches than its len()."""
+        group = self._group
+        declared = group.lengths[index]
+        if declared is None or cursor.batch_idx in (0, declared) or index in group.warned:
+            return
+        group.warned.add(index)
+        logger.warning(
+            "loader %r declares %d batches (len) but its pass yielded %d: the epoch length and "
+            "quotas are computed from len(), so passes drift against epochs. Make __len__ match "
+            "what one pass yields (with workers, an iterable's last batch of each worker can be "
+            "partial: shard so that every worker's share divides by the batch size, or use "
+            "drop_last)",
+            group.names[index],
+            declared,
+            cursor.batch_idx,
+        )
+
     def state_dict(self) -> dict[str, Any]:
         """The v1 Iterator State (plus epoch, fingerprint, version and per-loader counts)."""
         entries = []
         for cursor in self._group.cursors:
-            entry = split_loader_state(copy.deepcopy(cursor.loader.state_dict()))
+            own = cursor.parked if cursor.parked is not None else cursor.loader.state_dict()
+            entry = split_loader_state(copy.deepcopy(own))
             entry.batch_idx, entry.exhausted = cursor.batch_idx, cursor.exhausted
             entries.append(entry.to_dict())
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,6 +31,19 @@ def quiet_stateful_dataloader(*args: Any, cls: type = StatefulDataLoader, **kwar
         return cls(*args, **kwargs)
 
 
+#: Signals a worker of our loaders ignores: they are meant for the main process (Ctrl-C, and the
+#: preemption signals that Slurm, Kubernetes and torchrun send to the whole process group). A worker
+#: still exits when the main process goes (torch's workers watch their parent).
+WORKER_IGNORED_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+def _ignore_signals(names: tuple[str, ...]) -> None:
+    for name in names:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)
+
+
 @attrs.define(eq=False)
 class _WorkerSeeder:
     """Picklable ``worker_init_fn``: seeds a worker from ``(seed, epoch, rank, worker_id)``."""
@@ -38,11 +52,45 @@ class _WorkerSeeder:
     rank: int
     epoch: int = 0
     user_fn: Callable[[int], None] | None = None
+    ignored_signals: tuple[str, ...] = WORKER_IGNORED_SIGNALS
 
     def __call__(self, worker_id: int) -> None:
+        _ignore_signals(self.ignored_signals)
         seed_worker(worker_id, seed=self.seed, epoch=self.epoch, rank=self.rank)
         if self.user_fn is not None:
             self.user_fn(worker_id)
+
+
+@attrs.define(eq=False)
+class _SignalShield:
+    """Picklable ``worker_init_fn`` wrapper for loaders not built by :func:`make_loader`."""
+
+    ignored_signals: tuple[str, ...]
+    user_fn: Callable[[int], None] | None = None
+
+    def __call__(self, worker_id: int) -> None:
+        _ignore_signals(self.ignored_signals)
+        if self.user_fn is not None:
+            self.user_fn(worker_id)
+
+
+def ignore_signals_in_workers(loader: Any, names: tuple[str, ...]) -> None:
+    """Make the worker processes ``loader`` starts from now on ignore the signals ``names``.
+
+    Our loaders' workers ignore :data:`WORKER_IGNORED_SIGNALS` already; this adds ``names`` to them,
+    and wraps the ``worker_init_fn`` of any other DataLoader-like object (workers already running
+    keep their handlers). Used by the trainer for its configured preemption signals.
+    """
+    names = tuple(dict.fromkeys((*WORKER_IGNORED_SIGNALS, *names)))
+    inner = getattr(loader, "loader", None)  # an adapter around a plain DataLoader
+    target = loader if hasattr(loader, "worker_init_fn") else inner
+    if target is None or not hasattr(target, "worker_init_fn"):
+        return
+    init = target.worker_init_fn
+    if isinstance(init, (_WorkerSeeder, _SignalShield)):
+        init.ignored_signals = names
+    else:
+        target.worker_init_fn = _SignalShield(names, init)
 
 
 class _RetiredIterator:
@@ -155,6 +203,8 @@ def close_loader(loader: Any) -> None:
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if callable(shutdown):
         shutdown()
+    if iterator is not None and getattr(loader, "persistent_workers", False):
+        loader._iterator = None  # a persistent loader would reuse its dead workers otherwise
 
 
 def _check(name: str, value: Any, *, minimum: int, hint: str) -> None:

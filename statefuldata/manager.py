@@ -23,8 +23,10 @@ from statefuldata.epoch import (
     Group,
     drop_pass,
     fingerprint_of,
+    park_pass,
 )
 from statefuldata.errors import IncompatibleStateError
+from statefuldata.loader import ignore_signals_in_workers
 from statefuldata.schedule import (
     choice_rng_for_epoch,
     epoch_length,
@@ -191,12 +193,15 @@ class DataLoaderManager:
         return iterator
 
     def reset_phase(self, phase: str) -> None:
-        """Drop live passes of a phase so its next epoch starts every loader on a fresh pass."""
+        """Drop live passes of a phase so its next epoch starts every loader on a fresh pass.
+
+        Loaders with ``persistent_workers=True`` keep their workers (the next pass reuses them).
+        """
         group = self._group(phase)
         group.generation += 1
         group.pending, group.pending_rng = None, None
         for cursor in group.cursors:
-            drop_pass(cursor)
+            drop_pass(cursor, keep_workers=True)
             cursor.batch_idx, cursor.exhausted = 0, False
 
     def close(self) -> None:
@@ -204,6 +209,20 @@ class DataLoaderManager:
         for group in self._groups.values():
             for cursor in group.cursors:
                 drop_pass(cursor)
+
+    def release_workers(self) -> None:
+        """Stop every worker process but keep every position: a live pass resumes where it stood
+        at its next draw (from the loader's state, so a skip-based loader replays its skip)."""
+        for group in self._groups.values():
+            for cursor in group.cursors:
+                park_pass(cursor)
+
+    def ignore_signals_in_workers(self, names: Sequence[str]) -> None:
+        """Workers started from now on by every loader ignore the signals ``names`` (e.g. the
+        trainer's preemption signals, which a scheduler sends to the whole process group)."""
+        for group in self._groups.values():
+            for cursor in group.cursors:
+                ignore_signals_in_workers(cursor.loader, tuple(names))
 
     def state_dict(self) -> dict[str, Any]:
         """The v1 ``dataloader_manager_state`` (plain types and tensors only)."""

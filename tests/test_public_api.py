@@ -19,6 +19,8 @@ INTERNAL = {
     "statefuldata.schedule",
     "trainer.atomic",
     "trainer.checkpoints",
+    "trainer.compat",
+    "trainer.inflight",
     "trainer.inspect",
     "trainer.demo",
     "trainer.persistence",

@@ -8,6 +8,7 @@ from trainer.config import (
     CheckpointConfig,
     GenericTrainerConfig,
     MonitorMode,
+    NonFiniteLoss,
     PerformanceConfig,
     PreemptionConfig,
     SchedulerInterval,
@@ -17,7 +18,7 @@ from trainer.config import (
 from trainer.loop import FitResult, GenericTrainer
 from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
-from trainer.preemption import PreemptionFlag
+from trainer.preemption import InterruptFlag, PreemptionFlag
 from trainer.resume import ResumePhase, ResumeState
 
 __all__ = [
@@ -30,8 +31,10 @@ __all__ = [
     "FitResult",
     "GenericTrainer",
     "GenericTrainerConfig",
+    "InterruptFlag",
     "MixedPrecision",
     "MonitorMode",
+    "NonFiniteLoss",
     "PerformanceConfig",
     "Precision",
     "PreemptionConfig",

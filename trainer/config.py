@@ -13,6 +13,9 @@ Example:
 from __future__ import annotations
 
 import enum
+import math
+import os
+import signal
 import string
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,6 +28,7 @@ __all__ = [
     "AmpDtype",
     "CheckpointConfig",
     "MonitorMode",
+    "NonFiniteLoss",
     "PerformanceConfig",
     "PreemptionConfig",
     "ValidationConfig",
@@ -125,6 +129,15 @@ class PerformanceConfig:
     clip_grad_norm: float | None = attrs.field(default=None, validator=_positive_float_or_none)
 
 
+def _to_path(value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"'root_dir' must be a folder path, str or os.PathLike (got {value!r}); pass e.g. "
+            "root_dir='runs/exp1' (every run needs a folder for its checkpoints and its lock)"
+        )
+    return Path(value)
+
+
 _TEMPLATE_FIELDS = frozenset({"epoch", "global_step"})
 _RESERVED_NAMES = frozenset({"latest.ckpt", "best.ckpt"})
 
@@ -166,9 +179,12 @@ class CheckpointConfig:
         save_best: Maintain ``best.ckpt`` when ``monitor_metric`` is set.
         use_symlinks: ``latest``/``best`` are symlinks; False (or a failing symlink) makes copies.
         filename_template: File name from ``epoch`` and ``global_step``.
+        allow_overwrite: With auto-resume off, a fresh run refuses a folder that already holds
+            checkpoints (another run's files would be overwritten and rotated away); True lets it
+            write there anyway.
     """
 
-    root_dir: Path = attrs.field(default=Path("checkpoints"), converter=Path)
+    root_dir: Path = attrs.field(default=Path("checkpoints"), converter=_to_path)
     save_every_n_steps: int | None = attrs.field(
         default=None, validator=_int_at_least(1, optional=True)
     )
@@ -187,6 +203,7 @@ class CheckpointConfig:
     filename_template: str = attrs.field(
         default="epoch={epoch:04d}-step={global_step:06d}.ckpt", validator=_check_template
     )
+    allow_overwrite: bool = attrs.field(default=False, validator=_bool)
 
     @property
     def tracks_best(self) -> bool:
@@ -227,12 +244,43 @@ def _signal_names(value: Iterable[Any]) -> tuple[str, ...]:
     return tuple(getattr(v, "name", v) for v in value)
 
 
+# POSIX signals a handler can catch; names outside this set that the platform lacks are typos.
+_CATCHABLE_SIGNALS = frozenset(
+    {
+        "SIGTERM",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGINT",
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGCONT",
+        "SIGXCPU",
+        "SIGALRM",
+        "SIGPWR",
+        "SIGBREAK",
+        "SIGWINCH",
+    }
+)
+_UNCATCHABLE_SIGNALS = frozenset({"SIGKILL", "SIGSTOP"})
+
+
 def _check_signals(_instance: Any, attribute: attrs.Attribute, value: tuple[Any, ...]) -> None:
     for name in value:
         if not isinstance(name, str) or not name.startswith("SIG") or name.startswith("SIG_"):
             raise ValueError(
                 f"'{attribute.name}' must hold signal names like 'SIGTERM' or 'SIGUSR1' "
                 f"(got {name!r} in {value!r})"
+            )
+        if name in _UNCATCHABLE_SIGNALS:
+            raise ValueError(
+                f"'{attribute.name}' holds {name}, which no process can catch, so it can never "
+                f"trigger a save (got {value!r}); schedulers send SIGTERM (or SIGUSR1 with Slurm's "
+                "--signal) before SIGKILL: list those instead"
+            )
+        if name not in _CATCHABLE_SIGNALS and not hasattr(signal, name):
+            raise ValueError(
+                f"'{attribute.name}' holds {name!r}, which is not a signal name (got {value!r}); "
+                f"use names such as {sorted(_CATCHABLE_SIGNALS - {'SIGBREAK', 'SIGPWR'})}"
             )
 
 
@@ -245,6 +293,14 @@ class PreemptionConfig:
             available on the platform are skipped by the handler.
         auto_resume: Resume from the checkpoint folder when it holds a checkpoint.
         resume_from_latest: Resume from the newest valid checkpoint (else only an explicit path).
+        strict_resume: Refuse (``IncompatibleStateError``) to resume a checkpoint written under a
+            trainer configuration that changes the result (accumulation steps, clipping,
+            precision, loss weights, optimizer-to-loader mapping, optimizer or scheduler types,
+            world size). False resumes anyway, with a WARNING: the run is then no longer exact.
+        defer_keyboard_interrupt: While ``fit()`` runs in the main thread, the first Ctrl-C (or
+            a notebook's stop button) stops at the next batch boundary, so that ``fit()`` again
+            continues exactly; a second one stops at once (then ``fit()`` again goes back to the
+            last checkpoint). False keeps Python's immediate KeyboardInterrupt.
     """
 
     signals: tuple[str, ...] = attrs.field(
@@ -252,6 +308,8 @@ class PreemptionConfig:
     )
     auto_resume: bool = attrs.field(default=True, validator=_bool)
     resume_from_latest: bool = attrs.field(default=True, validator=_bool)
+    strict_resume: bool = attrs.field(default=True, validator=_bool)
+    defer_keyboard_interrupt: bool = attrs.field(default=True, validator=_bool)
 
 
 class SchedulerInterval(enum.Enum):
@@ -259,6 +317,14 @@ class SchedulerInterval(enum.Enum):
 
     STEP = "step"
     EPOCH = "epoch"
+
+
+class NonFiniteLoss(enum.Enum):
+    """What a NaN or infinite loss does: raise ``FloatingPointError`` before the optimizer step, or
+    skip that optimizer step (gradients dropped, counted in ``train/skipped_steps``)."""
+
+    RAISE = "raise"
+    SKIP = "skip"
 
 
 def _optional_tuple(value: Any) -> tuple[Any, ...] | None:
@@ -269,7 +335,12 @@ def _check_loss_weights(_instance: Any, attribute: attrs.Attribute, value: Any) 
     if value is None:
         return
     for w in value:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or not math.isfinite(w)
+            or not w >= 0
+        ):
             raise ValueError(
                 f"'{attribute.name}' must hold finite numbers >= 0, one per train loader "
                 f"(got {value!r}); use 0 to ignore a loader's loss"
@@ -328,6 +399,9 @@ class GenericTrainerConfig:
         per_loader_optimizer_id: Optimizer index each train loader's loss belongs to; None means
             every optimizer steps at every accumulation boundary.
         scheduler_interval: ``"step"`` or ``"epoch"``; scheduler i belongs to optimizer i.
+        nonfinite_loss: ``"raise"`` (default): a NaN or infinite loss raises
+            ``FloatingPointError`` naming the step, epoch and loader, before the optimizer step;
+            ``"skip"``: that optimizer step is skipped and counted (``train/skipped_steps``).
         log_every_n_steps: Optimizer steps between train-loss log lines and history points.
         progress_bar: Show a tqdm bar (notebook-aware) on rank 0.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
@@ -349,6 +423,9 @@ class GenericTrainerConfig:
     scheduler_interval: SchedulerInterval = attrs.field(
         default=SchedulerInterval.STEP,
         converter=_enum_converter(SchedulerInterval, "scheduler_interval"),
+    )
+    nonfinite_loss: NonFiniteLoss = attrs.field(
+        default=NonFiniteLoss.RAISE, converter=_enum_converter(NonFiniteLoss, "nonfinite_loss")
     )
     log_every_n_steps: int = attrs.field(default=50, validator=_int_at_least(1))
     progress_bar: bool = attrs.field(default=True, validator=_bool)

@@ -14,8 +14,10 @@ from typing import Any
 
 import torch.distributed as dist
 
-from statefuldata import DataLoaderManager, PipelineSpec
+from statefuldata import DataLoaderManager, IncompatibleStateError, PipelineSpec
 from trainer.checkpoints import CheckpointError, apply_payload, build_payload, read_checkpoint
+from trainer.compat import config_differences, describe_differences
+from trainer.inflight import LoopState
 from trainer.resume import ResumeState
 from trainer.rng import capture_rng_states
 
@@ -31,6 +33,12 @@ def _as_list(value: Any) -> list[Any]:
 
 
 KEY_RANK_STATES = "rank_states"
+SKIPPED_STEPS_KEY = "train/skipped_steps"
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Persistence:
@@ -67,16 +75,41 @@ class Persistence:
                 f"'per_loader_optimizer_id' {list(ids)} names an optimizer >= {len(self.optimizers)} "
                 "(the number of optimizers given)"
             )
-        if previous is not None and self._has_state and self._pending_data is None:
-            self._pending_data = previous.state_dict()  # continue in memory with new loader objects
-            self._epoch_iter = None
+        if previous is not None:
+            if self._has_state and self._pending_data is None:
+                self._pending_data = previous.state_dict()  # continue with new loader objects
+            self._loop.epoch_iter = None
+            previous.close()
         self._manager, self._sources = manager, (id(train), id(val))
         self._snapshot = manager.config_snapshot
         return manager
 
+    def _recover_or_resume(self, resume_from: str | Path | None) -> None:
+        """Go back to the last checkpoint when an interruption left memory mid-batch, else resume."""
+        dirty = self._loop.dirty
+        if dirty is not None:
+            path = self.checkpoints.find_latest_valid()
+            if path is None:
+                raise RuntimeError(
+                    f"the last fit() was interrupted while {dirty.value}, so the model, optimizer "
+                    f"and data position in memory are mid-batch, and {self.checkpoints.root_dir} "
+                    "holds no checkpoint to go back to. Build a new trainer to start over, or set "
+                    "CheckpointConfig(save_every_n_steps=N) so that there is one to go back to"
+                )
+            logger.warning(
+                "The last fit() was interrupted while %s; going back to %s (step %s) to continue "
+                "exactly",
+                dirty.value,
+                path,
+                path.name,
+            )
+            self.restore_from_payload(read_checkpoint(path))
+        self._resume(resume_from)
+        self.state.preempted = False
+
     def _resume(self, resume_from: str | Path | None) -> None:
         if resume_from is not None and str(resume_from) != "latest":
-            self.restore_from_payload(read_checkpoint(resume_from))
+            self.restore_from_payload(read_checkpoint(resume_from), source=str(resume_from))
             logger.info("Resumed from %s", resume_from)
         elif not self._has_state and (
             resume_from == "latest"
@@ -89,26 +122,40 @@ class Persistence:
                         f"{self.checkpoints.root_dir} holds checkpoints but none is readable; "
                         "refusing to train from scratch. Move the folder away to start fresh"
                     )
-                self.restore_from_payload(read_checkpoint(path))
+                self.restore_from_payload(read_checkpoint(path), source=str(path))
                 logger.info(
                     "Resumed from %s (epoch %d, step %d)",
                     path,
                     self.state.epoch,
                     self.state.global_step,
                 )
+        if (
+            not self._has_state
+            and self.checkpoints.has_checkpoints()
+            and not self.config.checkpoint.allow_overwrite
+        ):
+            raise FileExistsError(
+                f"{self.checkpoints.root_dir} already holds checkpoints and this run starts fresh "
+                "(auto-resume is off), so it would overwrite them and rotate them away. Resume them "
+                "(PreemptionConfig(auto_resume=True) or fit(resume_from_checkpoint=...)), use "
+                "another root_dir, or pass CheckpointConfig(allow_overwrite=True) to write there "
+                "anyway"
+            )
         assert self._manager is not None
         if self._pending_data is not None:
-            data = self._pending_data
-            if KEY_RANK_STATES in data:
-                data = data[KEY_RANK_STATES][self.rank]
-            self._manager.load_state_dict(data)
-            self._pending_data, self._epoch_iter = None, None
+            self._manager.load_state_dict(self._pending_data)
+            self._pending_data, self._loop.epoch_iter = None, None
+
+    def _park_data(self, manager: DataLoaderManager) -> None:
+        """Stop the loaders' worker processes, keeping every position (fit() is over)."""
+        manager.release_workers()
 
     def _data_state(self) -> dict[str, Any] | None:
-        if self._manager is None:
-            return self._pending_data
-        state = self._manager.state_dict()
-        if self.world_size > 1:
+        if self._pending_data is not None or self._manager is None:
+            state = self._pending_data
+        else:
+            state = self._manager.state_dict()
+        if state is not None and self.world_size > 1:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, state)
             state = {**gathered[0], KEY_RANK_STATES: gathered}
@@ -122,7 +169,13 @@ class Persistence:
                 for phase in ("train", "val")
                 if self._manager.has_phase(phase)
             }
-        return {"trainer": self.config.to_dict(), "data": data, "world_size": self.world_size}
+        return {
+            "trainer": self.config.to_dict(),
+            "data": data,
+            "world_size": self.world_size,
+            "optimizers": [_type_name(o) for o in self.optimizers],
+            "schedulers": [_type_name(s) for s in self.schedulers],
+        }
 
     def checkpoint_payload(self) -> dict[str, Any]:
         """The v1 checkpoint dict of the trainer as it stands (used by ``save_checkpoint``)."""
@@ -140,8 +193,16 @@ class Persistence:
             config_snapshot=self._config_snapshot(),
         )
 
-    def restore_from_payload(self, payload: dict[str, Any]) -> ResumeState:
-        """Load a v1 payload; the data position and RNGs take effect at the next ``fit()``."""
+    def restore_from_payload(
+        self, payload: dict[str, Any], *, source: str = "the checkpoint"
+    ) -> ResumeState:
+        """Load a v1 payload; the data position and RNGs take effect at the next ``fit()``.
+
+        Raises:
+            IncompatibleStateError: The payload was written under a trainer configuration that
+                changes the result (see :mod:`trainer.compat`) and ``strict_resume`` is on.
+        """
+        self._check_compatible(payload, source)
         self.state = apply_payload(
             payload,
             model=self.model,
@@ -155,14 +216,36 @@ class Persistence:
         self.metrics_history = {
             k: [list(p) for p in v] for k, v in (payload["metrics_history"] or {}).items()
         }
-        self._pending_data = payload["dataloader_manager_state"]
+        data = payload["dataloader_manager_state"]
+        if isinstance(data, dict) and KEY_RANK_STATES in data:
+            data = data[KEY_RANK_STATES][self.rank]
+        self._pending_data = data
         self._pending_rng = payload["rng_states"]
-        self._epoch_iter, self._inflight = None, None
-        self._window, self._window_losses = set(), []
+        skipped = self.metrics_history.get(SKIPPED_STEPS_KEY)
+        self._loop = LoopState(skipped_steps=int(skipped[-1][1]) if skipped else 0)
         self._has_state = True
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         return self.state
+
+    def _check_compatible(self, payload: dict[str, Any], source: str) -> None:
+        differences = config_differences(payload["config_snapshot"], self._config_snapshot())
+        if not differences:
+            return
+        text = describe_differences(differences)
+        if self.config.preemption.strict_resume:
+            raise IncompatibleStateError(
+                f"cannot resume {source}: it was written under another trainer configuration, and "
+                f"resuming would not reproduce that run ({text}). Resume with the saved values, or "
+                "pass PreemptionConfig(strict_resume=False) to resume anyway (the run is then no "
+                "longer exact)"
+            )
+        logger.warning(
+            "Resuming %s under a changed trainer configuration (%s): strict_resume is off, the run "
+            "is no longer exact",
+            source,
+            text,
+        )
 
     def save(self, reason: str = "manual") -> Path | None:
         """Write a checkpoint now (rank 0 writes; every rank's data position goes in the file)."""
@@ -178,7 +261,7 @@ class Persistence:
             )
         if self.world_size > 1:
             dist.barrier()
-        self.last_checkpoint, self._saved_at = path, self.state.global_step
+        self.last_checkpoint, self._loop.saved_at = path, self.state.global_step
         for callback in self.callbacks:
             callback.on_checkpoint(self, path)
         return path

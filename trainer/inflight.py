@@ -1,0 +1,70 @@
+"""The training loop's in-flight state: what a checkpoint does not hold, because it is taken between.
+
+Checkpoints are taken at optimizer-step boundaries; between them the loop holds the accumulation
+window, the work still due after a step or at an epoch's end (a queue of :class:`Action`), and which
+unit of work (:class:`Busy`) is running, so that an interruption inside one is known for what it is.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+import torch
+
+__all__ = ["EPOCH_ACTIONS", "RUN_ONCE", "STEP_ACTIONS", "Action", "Busy", "LoopState"]
+
+
+class Action(enum.Enum):
+    """Work due after an optimizer step or at the end of an epoch, in queue order."""
+
+    VALIDATE_IF_DUE = "validate_if_due"
+    SAVE_IF_DUE = "save_if_due"
+    STEP_CALLBACKS = "step_callbacks"
+    CHECK_PREEMPTION = "check_preemption"
+    EPOCH_SCHEDULERS = "epoch_schedulers"
+    EPOCH_VALIDATION = "epoch_validation"
+    EPOCH_CALLBACKS = "epoch_callbacks"
+    NEXT_EPOCH = "next_epoch"
+    EPOCH_SAVE = "epoch_save"
+
+
+STEP_ACTIONS = (
+    Action.VALIDATE_IF_DUE,
+    Action.SAVE_IF_DUE,
+    Action.STEP_CALLBACKS,
+    Action.CHECK_PREEMPTION,
+)
+EPOCH_ACTIONS = (
+    Action.EPOCH_SCHEDULERS,
+    Action.EPOCH_VALIDATION,
+    Action.EPOCH_CALLBACKS,
+    Action.NEXT_EPOCH,
+    Action.EPOCH_SAVE,
+    Action.CHECK_PREEMPTION,
+)
+# user code: leaves the queue before it runs, so a KeyboardInterrupt it raises does not re-run it
+RUN_ONCE = frozenset({Action.STEP_CALLBACKS, Action.EPOCH_CALLBACKS})
+
+
+class Busy(enum.Enum):
+    """A unit of work that leaves the in-memory state mid-way when interrupted inside."""
+
+    FETCH = "fetching a batch"
+    BATCH = "forward/backward of a batch"
+    STEP = "the optimizer step"
+
+
+@attrs.define(eq=False)
+class LoopState:
+    """The loop's in-flight state: what a checkpoint does not hold because it is taken between."""
+
+    epoch_iter: Any = None
+    window: set[int] = attrs.field(factory=set)
+    window_losses: list[tuple[torch.Tensor, str, int]] = attrs.field(factory=list)
+    pending: list[Action] = attrs.field(factory=list)
+    busy: Busy | None = None
+    dirty: Busy | None = None
+    saved_at: int | None = None
+    skipped_steps: int = 0
