@@ -6,8 +6,10 @@ import contextlib
 import gc
 import logging
 import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator
+from multiprocessing import forkserver, resource_tracker
 from typing import Any
 
 import attrs
@@ -74,6 +76,28 @@ class _SignalShield:
             self.user_fn(worker_id)
 
 
+def _start_helpers_shielded(context: Any, names: tuple[str, ...]) -> None:
+    """Start multiprocessing's helper processes with ``names`` blocked, if they are not running.
+
+    With the ``spawn`` and ``forkserver`` start methods, workers come with a resource tracker (and a
+    fork server): processes of the main process's group that a group-wide SIGUSR1 would kill
+    (Python blocks only SIGINT and SIGTERM in them). Blocked signals stay blocked across their exec.
+    """
+    method = context if isinstance(context, str) else getattr(context, "_name", None)
+    if method not in ("spawn", "forkserver") or not hasattr(signal, "pthread_sigmask"):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    numbers = {getattr(signal, n) for n in names if hasattr(signal, n)}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+    try:
+        resource_tracker.ensure_running()
+        if method == "forkserver":
+            forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def ignore_signals_in_workers(loader: Any, names: tuple[str, ...]) -> None:
     """Make the worker processes ``loader`` starts from now on ignore the signals ``names``.
 
@@ -86,6 +110,8 @@ def ignore_signals_in_workers(loader: Any, names: tuple[str, ...]) -> None:
     target = loader if hasattr(loader, "worker_init_fn") else inner
     if target is None or not hasattr(target, "worker_init_fn"):
         return
+    if getattr(target, "num_workers", 0) > 0:
+        _start_helpers_shielded(getattr(target, "multiprocessing_context", None), names)
     init = target.worker_init_fn
     if isinstance(init, (_WorkerSeeder, _SignalShield)):
         init.ignored_signals = names

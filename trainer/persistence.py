@@ -96,14 +96,15 @@ class Persistence:
                     "holds no checkpoint to go back to. Build a new trainer to start over, or set "
                     "CheckpointConfig(save_every_n_steps=N) so that there is one to go back to"
                 )
+            self.restore_from_payload(read_checkpoint(path), source=str(path))
             logger.warning(
-                "The last fit() was interrupted while %s; going back to %s (step %s) to continue "
-                "exactly",
+                "The last fit() was interrupted while %s; went back to %s (epoch %d, step %d) to "
+                "continue exactly",
                 dirty.value,
                 path,
-                path.name,
+                self.state.epoch,
+                self.state.global_step,
             )
-            self.restore_from_payload(read_checkpoint(path))
         self._resume(resume_from)
         self.state.preempted = False
 

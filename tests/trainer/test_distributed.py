@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -26,9 +27,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, port: int, root: str, out: str, preempt_at: int | None) -> None:
+def _signal_inside_agreement(at_call: int) -> None:
+    """Deliver SIGUSR1 to this rank while it is inside its ``at_call``-th preemption all-reduce."""
+    real, calls = dist.all_reduce, [0]
+
+    def all_reduce(tensor, *args, **kwargs):
+        result = real(tensor, *args, **kwargs)
+        if tensor.numel() == 1 and not tensor.is_floating_point():
+            calls[0] += 1
+            if calls[0] == at_call:  # after the ranks exchanged their flags, before it returns
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    dist.all_reduce = all_reduce
+
+
+def _rank_main(
+    rank: int,
+    port: int,
+    root: str,
+    out: str,
+    preempt_at: int | None,
+    agreement_signal_at: int | None = None,
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    if agreement_signal_at is not None and rank == 0:
+        _signal_inside_agreement(agreement_signal_at)
     try:
         torch.manual_seed(0)
         model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 1))
@@ -62,10 +87,15 @@ def _rank_main(rank: int, port: int, root: str, out: str, preempt_at: int | None
         dist.destroy_process_group()
 
 
-def _run(root: Path, out: Path, preempt_at: int | None = None) -> list[dict]:
+def _run(
+    root: Path, out: Path, preempt_at: int | None = None, agreement_signal_at: int | None = None
+) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     mp.spawn(
-        _rank_main, args=(_free_port(), str(root), str(out), preempt_at), nprocs=WORLD, join=True
+        _rank_main,
+        args=(_free_port(), str(root), str(out), preempt_at, agreement_signal_at),
+        nprocs=WORLD,
+        join=True,
     )
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
@@ -91,3 +121,18 @@ def test_preemption_on_one_rank_stops_all_and_resume_matches(tmp_path) -> None:
         assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
         for key, value in reference[rank]["params"].items():
             assert torch.equal(resumed[rank]["params"][key], value), (rank, key)
+
+
+@pytest.mark.slow
+def test_a_signal_inside_the_agreement_is_honoured_at_the_next_boundary_on_every_rank(
+    tmp_path,
+) -> None:
+    """Rank 0 receives SIGUSR1 inside the all-reduce of step 4: both ranks stop after step 5."""
+    first = _run(tmp_path / "run", tmp_path / "first-out", agreement_signal_at=4)
+    assert [r["status"] for r in first] == ["preempted", "preempted"]
+    assert first[0]["step"] == first[1]["step"] == 5
+    files = sorted(p.name for p in (tmp_path / "run").glob("epoch=*.ckpt"))
+    assert files == ["epoch=0000-step=000005.ckpt"]
+    assert (
+        read_checkpoint(tmp_path / "run" / files[0])["resume_state"]["save_reason"] == "preempted"
+    )
