@@ -413,7 +413,8 @@ class GenericTrainer(Persistence):
         loop = self._loop
         loop.busy = Busy.STEP
         ids = sorted(loop.window)
-        if self._losses_finite():
+        finite = self._losses_finite()
+        if finite:
             for i in ids:
                 self.precision.unscale_(self.optimizers[i])
             clip = self.config.performance.clip_grad_norm
@@ -443,6 +444,8 @@ class GenericTrainer(Persistence):
         self.state.optimizer_steps_in_epoch += 1
         self.state.micro_step = 0
         step = self.state.global_step
+        if not finite:
+            self._record(SKIPPED_STEPS_KEY, loop.skipped_steps)
         if step % self.config.log_every_n_steps == 0 and loop.window_losses:
             value = float(torch.stack([x.float() for x, _, _ in loop.window_losses]).mean())
             self._record("train/loss", value)
@@ -475,7 +478,6 @@ class GenericTrainer(Persistence):
                 "GenericTrainerConfig(nonfinite_loss='skip') to skip such steps"
             )
         self._loop.skipped_steps += 1
-        self._record(SKIPPED_STEPS_KEY, self._loop.skipped_steps)
         logger.warning("Skipped the optimizer step: non-finite %s", where)
         return False
 
