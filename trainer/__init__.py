@@ -15,10 +15,12 @@ from trainer.config import (
     ValidationConfig,
     ValidationFrequency,
 )
-from trainer.loop import FitResult, GenericTrainer
+from trainer.devices import move_to_device, rank_and_world_size, resolve_device
+from trainer.loop import GenericTrainer
 from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
 from trainer.preemption import InterruptFlag, PreemptionFlag
+from trainer.result import FitResult, FitStatus
 from trainer.resume import ResumePhase, ResumeState
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointManager",
     "FitResult",
+    "FitStatus",
     "GenericTrainer",
     "GenericTrainerConfig",
     "InterruptFlag",
@@ -46,5 +49,8 @@ __all__ = [
     "ValidationFrequency",
     "load_checkpoint",
     "make_precision",
+    "move_to_device",
+    "rank_and_world_size",
+    "resolve_device",
     "save_checkpoint",
 ]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from trainer.loop import FitResult, GenericTrainer
+from trainer.result import FitResult
 
 __all__ = ["Callback"]
+
+GenericTrainer = Any  # the trainer calling the hook (trainer.GenericTrainer); no import cycle
 
 
 class Callback:

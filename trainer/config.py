@@ -13,15 +13,26 @@ Example:
 from __future__ import annotations
 
 import enum
-import math
-import os
-import signal
-import string
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
+
+from trainer.validators import (
+    check_loss_weights,
+    check_optimizer_ids,
+    check_signals,
+    check_template,
+    enum_converter,
+    int_at_least,
+    is_bool,
+    loader_config_or_none,
+    optional_tuple,
+    positive_float_or_none,
+    signal_names,
+    to_path,
+    to_plain,
+)
 
 __all__ = [
     "Aggregation",
@@ -34,8 +45,6 @@ __all__ = [
     "ValidationConfig",
     "ValidationFrequency",
 ]
-
-_E = TypeVar("_E", bound=enum.Enum)
 
 
 class AmpDtype(enum.Enum):
@@ -66,49 +75,6 @@ class Aggregation(enum.Enum):
     MACRO = "macro"
 
 
-def _enum_converter(enum_cls: type[_E], name: str) -> Callable[[Any], _E]:
-    """Return a converter accepting a member of ``enum_cls`` or one of its string values."""
-
-    def convert(value: Any) -> _E:
-        if isinstance(value, enum_cls):
-            return value
-        for member in enum_cls:
-            if value == member.value:
-                return member
-        valid = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"'{name}' must be one of {valid} (got {value!r})")
-
-    return convert
-
-
-def _int_at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
-    """Validator: an int (not a bool) >= ``minimum``; None also allowed when ``optional``."""
-
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, int):
-            allowed = "an int or None" if optional else "an int"
-            raise TypeError(f"'{attribute.name}' must be {allowed} (got {value!r})")
-        if value < minimum:
-            hint = "; pass None to disable it" if optional else ""
-            raise ValueError(f"'{attribute.name}' must be >= {minimum} (got {value}){hint}")
-
-    return check
-
-
-def _positive_float_or_none(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"'{attribute.name}' must be a float or None (got {value!r})")
-    if not value > 0:
-        raise ValueError(f"'{attribute.name}' must be > 0 or None to disable it (got {value})")
-
-
-_bool = attrs.validators.instance_of(bool)
-
-
 @attrs.frozen(kw_only=True)
 class PerformanceConfig:
     """Mixed precision, gradient accumulation and clipping.
@@ -121,48 +87,12 @@ class PerformanceConfig:
         clip_grad_norm: Max total gradient norm, or None to not clip.
     """
 
-    use_amp: bool = attrs.field(default=False, validator=_bool)
+    use_amp: bool = attrs.field(default=False, validator=is_bool)
     amp_dtype: AmpDtype = attrs.field(
-        default=AmpDtype.BFLOAT16, converter=_enum_converter(AmpDtype, "amp_dtype")
+        default=AmpDtype.BFLOAT16, converter=enum_converter(AmpDtype, "amp_dtype")
     )
-    gradient_accumulation_steps: int = attrs.field(default=1, validator=_int_at_least(1))
-    clip_grad_norm: float | None = attrs.field(default=None, validator=_positive_float_or_none)
-
-
-def _to_path(value: Any) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(
-            f"'root_dir' must be a folder path, str or os.PathLike (got {value!r}); pass e.g. "
-            "root_dir='runs/exp1' (every run needs a folder for its checkpoints and its lock)"
-        )
-    return Path(value)
-
-
-_TEMPLATE_FIELDS = frozenset({"epoch", "global_step"})
-_RESERVED_NAMES = frozenset({"latest.ckpt", "best.ckpt"})
-
-
-def _check_template(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"'{attribute.name}' must be a str (got {value!r})")
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        example = value.format(epoch=0, global_step=0) if fields <= _TEMPLATE_FIELDS else ""
-    except (ValueError, KeyError, IndexError) as exc:
-        raise ValueError(
-            f"'{attribute.name}' must be a format string using only {{epoch}} and {{global_step}} "
-            f"(got {value!r}: {exc}); e.g. 'epoch={{epoch:04d}}-step={{global_step:06d}}.ckpt'"
-        ) from exc
-    if not fields <= _TEMPLATE_FIELDS or "global_step" not in fields:
-        raise ValueError(
-            f"'{attribute.name}' must use {{global_step}} and may use {{epoch}}, nothing else "
-            f"(got {value!r} with fields {sorted(fields)})"
-        )
-    if not example.endswith(".ckpt") or "/" in example or example in _RESERVED_NAMES:
-        raise ValueError(
-            f"'{attribute.name}' must give a plain file name ending in '.ckpt' other than "
-            f"{sorted(_RESERVED_NAMES)} (got {value!r}, which gives {example!r})"
-        )
+    gradient_accumulation_steps: int = attrs.field(default=1, validator=int_at_least(1))
+    clip_grad_norm: float | None = attrs.field(default=None, validator=positive_float_or_none)
 
 
 @attrs.frozen(kw_only=True)
@@ -184,26 +114,26 @@ class CheckpointConfig:
             write there anyway.
     """
 
-    root_dir: Path = attrs.field(default=Path("checkpoints"), converter=_to_path)
+    root_dir: Path = attrs.field(default=Path("checkpoints"), converter=to_path)
     save_every_n_steps: int | None = attrs.field(
-        default=None, validator=_int_at_least(1, optional=True)
+        default=None, validator=int_at_least(1, optional=True)
     )
     save_every_n_epochs: int | None = attrs.field(
-        default=1, validator=_int_at_least(1, optional=True)
+        default=1, validator=int_at_least(1, optional=True)
     )
-    max_checkpoints: int | None = attrs.field(default=5, validator=_int_at_least(1, optional=True))
+    max_checkpoints: int | None = attrs.field(default=5, validator=int_at_least(1, optional=True))
     monitor_metric: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
     )
     monitor_mode: MonitorMode = attrs.field(
-        default=MonitorMode.MIN, converter=_enum_converter(MonitorMode, "monitor_mode")
+        default=MonitorMode.MIN, converter=enum_converter(MonitorMode, "monitor_mode")
     )
-    save_best: bool = attrs.field(default=True, validator=_bool)
-    use_symlinks: bool = attrs.field(default=True, validator=_bool)
+    save_best: bool = attrs.field(default=True, validator=is_bool)
+    use_symlinks: bool = attrs.field(default=True, validator=is_bool)
     filename_template: str = attrs.field(
-        default="epoch={epoch:04d}-step={global_step:06d}.ckpt", validator=_check_template
+        default="epoch={epoch:04d}-step={global_step:06d}.ckpt", validator=check_template
     )
-    allow_overwrite: bool = attrs.field(default=False, validator=_bool)
+    allow_overwrite: bool = attrs.field(default=False, validator=is_bool)
 
     @property
     def tracks_best(self) -> bool:
@@ -223,11 +153,11 @@ class ValidationConfig:
 
     frequency: ValidationFrequency = attrs.field(
         default=ValidationFrequency.PER_EPOCH,
-        converter=_enum_converter(ValidationFrequency, "frequency"),
+        converter=enum_converter(ValidationFrequency, "frequency"),
     )
-    every_n_steps: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    every_n_steps: int | None = attrs.field(default=None, validator=int_at_least(1, optional=True))
     aggregation: Aggregation = attrs.field(
-        default=Aggregation.MICRO, converter=_enum_converter(Aggregation, "aggregation")
+        default=Aggregation.MICRO, converter=enum_converter(Aggregation, "aggregation")
     )
 
     def __attrs_post_init__(self) -> None:
@@ -235,52 +165,6 @@ class ValidationConfig:
             raise ValueError(
                 "'every_n_steps' must be set when frequency is 'every_n_steps' (got None); "
                 "pass every_n_steps=N or frequency='per_epoch'"
-            )
-
-
-def _signal_names(value: Iterable[Any]) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    return tuple(getattr(v, "name", v) for v in value)
-
-
-# POSIX signals a handler can catch; names outside this set that the platform lacks are typos.
-_CATCHABLE_SIGNALS = frozenset(
-    {
-        "SIGTERM",
-        "SIGUSR1",
-        "SIGUSR2",
-        "SIGINT",
-        "SIGHUP",
-        "SIGQUIT",
-        "SIGCONT",
-        "SIGXCPU",
-        "SIGALRM",
-        "SIGPWR",
-        "SIGBREAK",
-        "SIGWINCH",
-    }
-)
-_UNCATCHABLE_SIGNALS = frozenset({"SIGKILL", "SIGSTOP"})
-
-
-def _check_signals(_instance: Any, attribute: attrs.Attribute, value: tuple[Any, ...]) -> None:
-    for name in value:
-        if not isinstance(name, str) or not name.startswith("SIG") or name.startswith("SIG_"):
-            raise ValueError(
-                f"'{attribute.name}' must hold signal names like 'SIGTERM' or 'SIGUSR1' "
-                f"(got {name!r} in {value!r})"
-            )
-        if name in _UNCATCHABLE_SIGNALS:
-            raise ValueError(
-                f"'{attribute.name}' holds {name}, which no process can catch, so it can never "
-                f"trigger a save (got {value!r}); schedulers send SIGTERM (or SIGUSR1 with Slurm's "
-                "--signal) before SIGKILL: list those instead"
-            )
-        if name not in _CATCHABLE_SIGNALS and not hasattr(signal, name):
-            raise ValueError(
-                f"'{attribute.name}' holds {name!r}, which is not a signal name (got {value!r}); "
-                f"use names such as {sorted(_CATCHABLE_SIGNALS - {'SIGBREAK', 'SIGPWR'})}"
             )
 
 
@@ -304,12 +188,12 @@ class PreemptionConfig:
     """
 
     signals: tuple[str, ...] = attrs.field(
-        default=("SIGTERM", "SIGUSR1"), converter=_signal_names, validator=_check_signals
+        default=("SIGTERM", "SIGUSR1"), converter=signal_names, validator=check_signals
     )
-    auto_resume: bool = attrs.field(default=True, validator=_bool)
-    resume_from_latest: bool = attrs.field(default=True, validator=_bool)
-    strict_resume: bool = attrs.field(default=True, validator=_bool)
-    defer_keyboard_interrupt: bool = attrs.field(default=True, validator=_bool)
+    auto_resume: bool = attrs.field(default=True, validator=is_bool)
+    resume_from_latest: bool = attrs.field(default=True, validator=is_bool)
+    strict_resume: bool = attrs.field(default=True, validator=is_bool)
+    defer_keyboard_interrupt: bool = attrs.field(default=True, validator=is_bool)
 
 
 class SchedulerInterval(enum.Enum):
@@ -325,64 +209,6 @@ class NonFiniteLoss(enum.Enum):
 
     RAISE = "raise"
     SKIP = "skip"
-
-
-def _optional_tuple(value: Any) -> tuple[Any, ...] | None:
-    return None if value is None else tuple(value)
-
-
-def _check_loss_weights(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    for w in value:
-        if (
-            isinstance(w, bool)
-            or not isinstance(w, (int, float))
-            or not math.isfinite(w)
-            or not w >= 0
-        ):
-            raise ValueError(
-                f"'{attribute.name}' must hold finite numbers >= 0, one per train loader "
-                f"(got {value!r}); use 0 to ignore a loader's loss"
-            )
-
-
-def _check_optimizer_ids(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value):
-        raise ValueError(
-            f"'{attribute.name}' must hold optimizer indices >= 0, one per train loader (got {value!r})"
-        )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if attrs.has(type(value)):
-        return (
-            value.to_dict()
-            if hasattr(value, "to_dict")
-            else _plain(attrs.asdict(value, recurse=False))
-        )
-    return value
-
-
-def _loader_config(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    from statefuldata import MultiDataLoaderConfig
-
-    if value is None or isinstance(value, MultiDataLoaderConfig):
-        return
-    raise TypeError(
-        f"'{attribute.name}' must be a statefuldata.MultiDataLoaderConfig or None "
-        f"(got {type(value).__name__})"
-    )
 
 
 @attrs.frozen(kw_only=True)
@@ -407,30 +233,30 @@ class GenericTrainerConfig:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
     """
 
-    seed: int = attrs.field(default=0, validator=_int_at_least(0))
-    train_loader_config: Any = attrs.field(default=None, validator=_loader_config)
-    val_loader_config: Any = attrs.field(default=None, validator=_loader_config)
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    train_loader_config: Any = attrs.field(default=None, validator=loader_config_or_none)
+    val_loader_config: Any = attrs.field(default=None, validator=loader_config_or_none)
     checkpoint: CheckpointConfig = attrs.field(factory=CheckpointConfig)
     performance: PerformanceConfig = attrs.field(factory=PerformanceConfig)
     validation: ValidationConfig = attrs.field(factory=ValidationConfig)
     preemption: PreemptionConfig = attrs.field(factory=PreemptionConfig)
     loss_weights_per_loader: tuple[float, ...] | None = attrs.field(
-        default=None, converter=_optional_tuple, validator=_check_loss_weights
+        default=None, converter=optional_tuple, validator=check_loss_weights
     )
     per_loader_optimizer_id: tuple[int, ...] | None = attrs.field(
-        default=None, converter=_optional_tuple, validator=_check_optimizer_ids
+        default=None, converter=optional_tuple, validator=check_optimizer_ids
     )
     scheduler_interval: SchedulerInterval = attrs.field(
         default=SchedulerInterval.STEP,
-        converter=_enum_converter(SchedulerInterval, "scheduler_interval"),
+        converter=enum_converter(SchedulerInterval, "scheduler_interval"),
     )
     nonfinite_loss: NonFiniteLoss = attrs.field(
-        default=NonFiniteLoss.RAISE, converter=_enum_converter(NonFiniteLoss, "nonfinite_loss")
+        default=NonFiniteLoss.RAISE, converter=enum_converter(NonFiniteLoss, "nonfinite_loss")
     )
-    log_every_n_steps: int = attrs.field(default=50, validator=_int_at_least(1))
-    progress_bar: bool = attrs.field(default=True, validator=_bool)
+    log_every_n_steps: int = attrs.field(default=50, validator=int_at_least(1))
+    progress_bar: bool = attrs.field(default=True, validator=is_bool)
     device: str = attrs.field(default="cpu", validator=attrs.validators.instance_of(str))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-typed snapshot (stored in the checkpoint's ``config_snapshot``)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in attrs.fields(type(self))}
+        return {f.name: to_plain(getattr(self, f.name)) for f in attrs.fields(type(self))}

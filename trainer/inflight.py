@@ -8,12 +8,26 @@ unit of work (:class:`Busy`) is running, so that an interruption inside one is k
 from __future__ import annotations
 
 import enum
+import logging
+from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-__all__ = ["EPOCH_ACTIONS", "RUN_ONCE", "STEP_ACTIONS", "Action", "Busy", "LoopState"]
+from trainer.resume import ResumeState
+
+__all__ = [
+    "EPOCH_ACTIONS",
+    "RUN_ONCE",
+    "STEP_ACTIONS",
+    "Action",
+    "Busy",
+    "LoopState",
+    "log_interrupt",
+]
+
+logger = logging.getLogger("trainer.loop")
 
 
 class Action(enum.Enum):
@@ -68,3 +82,36 @@ class LoopState:
     dirty: Busy | None = None
     saved_at: int | None = None
     skipped_steps: int = 0
+    scales: list[float] = attrs.field(factory=list)
+    owners: list[tuple[int, ...]] = attrs.field(factory=list)
+
+    def plan(self, config: Any, num_loaders: int, num_optimizers: int) -> None:
+        """Per train loader: its loss scale (weight / accumulation) and the optimizers it steps."""
+        weights = config.loss_weights_per_loader or (1.0,) * num_loaders
+        accumulate = config.performance.gradient_accumulation_steps
+        self.scales = [float(w) / accumulate for w in weights]
+        ids = config.per_loader_optimizer_id
+        everyone = tuple(range(num_optimizers))
+        self.owners = [everyone if ids is None else (ids[i],) for i in range(num_loaders)]
+
+
+def log_interrupt(state: ResumeState, dirty: Busy | None, root: Path) -> None:
+    """The WARNING a KeyboardInterrupt out of ``fit()`` gets: where it stopped, what comes next."""
+    if dirty is None:
+        logger.warning(
+            "Interrupted at epoch %d, batch %d (step %d). The trainer keeps its place: call "
+            "fit() again to continue from the next batch.",
+            state.epoch,
+            state.batch_in_epoch,
+            state.global_step,
+        )
+    else:
+        logger.warning(
+            "Interrupted while %s (epoch %d, batch %d, step %d): the state in memory is "
+            "mid-batch, so fit() again goes back to the last checkpoint in %s.",
+            dirty.value,
+            state.epoch,
+            state.batch_in_epoch,
+            state.global_step,
+            root,
+        )

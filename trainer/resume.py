@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from trainer.config import _enum_converter, _int_at_least
+from trainer.validators import enum_converter, int_at_least
 
 __all__ = ["ResumePhase", "ResumeState"]
 
@@ -31,7 +31,7 @@ class ResumePhase(enum.Enum):
 
 
 def _count() -> Any:
-    return attrs.field(default=0, validator=_int_at_least(0))
+    return attrs.field(default=0, validator=int_at_least(0))
 
 
 def _flag() -> Any:
@@ -57,7 +57,7 @@ class ResumeState:
     """
 
     phase: ResumePhase = attrs.field(
-        default=ResumePhase.TRAIN, converter=_enum_converter(ResumePhase, "phase")
+        default=ResumePhase.TRAIN, converter=enum_converter(ResumePhase, "phase")
     )
     epoch: int = _count()
     global_step: int = _count()

@@ -3,42 +3,50 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from statefuldata import DataLoaderManager
 from trainer.config import Aggregation
-
-if TYPE_CHECKING:
-    from statefuldata import DataLoaderManager
-    from trainer.loop import GenericTrainer
+from trainer.precision import Precision
 
 __all__ = ["run_validation"]
 
 
 def run_validation(
-    trainer: GenericTrainer, manager: DataLoaderManager, step: Any, aggregation: Aggregation
+    manager: DataLoaderManager,
+    step: Callable[..., dict[str, Any]],
+    *,
+    owner: Any,
+    model: torch.nn.Module,
+    precision: Precision,
+    to_device: Callable[[Any], Any],
+    aggregation: Aggregation,
+    global_step: int,
 ) -> dict[str, float]:
-    """One pass over every val loader with the model in eval mode (restored afterwards).
+    """One pass over every val loader with ``model`` in eval mode (restored afterwards).
 
-    Returns ``val/<key>`` (micro: mean over all batches; macro: mean of the per-loader means) and
-    ``val/<loader>/<key>`` for every value the validation step returns.
+    ``step(owner, batch, batch_idx, loader_idx, loader_name)`` is called under ``torch.no_grad()``
+    and the precision's autocast. Returns ``val/<key>`` (micro: mean over all batches; macro: mean
+    of the per-loader means) and ``val/<loader>/<key>`` for every value the step returns.
     """
     manager.reset_phase("val")
-    iterator = manager.create_epoch_iterator("val", trainer.state.global_step)
+    iterator = manager.create_epoch_iterator("val", global_step)
     sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    was_training = trainer.model.training
-    trainer.model.eval()
+    was_training = model.training
+    model.eval()
     try:
-        with torch.no_grad(), trainer.precision.autocast():
+        with torch.no_grad(), precision.autocast():
             for batch_idx, (loader_idx, name, batch) in enumerate(iterator):
-                outputs = step(trainer, trainer._to_device(batch), batch_idx, loader_idx, name)
+                outputs = step(owner, to_device(batch), batch_idx, loader_idx, name)
                 for key, value in outputs.items():
                     sums[name][key] += float(value)
                     counts[name][key] += 1
     finally:
-        trainer.model.train(was_training)
+        model.train(was_training)
     metrics: dict[str, float] = {}
     keys = sorted({key for per_loader in sums.values() for key in per_loader})
     for key in keys:

@@ -200,7 +200,7 @@ def test_interrupt_inside_a_batch_goes_back_to_the_last_checkpoint(
     assert len(log) == 9
     with caplog.at_level("WARNING", logger="trainer"):
         assert trainer.fit(loaders, max_epochs=EPOCHS).status == "completed"
-    assert "went back to" in caplog.text and "step 3)" in caplog.text
+    assert "Went back to" in caplog.text and "step 3)" in caplog.text
     # batches 7 and 8 (after the step-3 checkpoint, 2 batches per step) and 9 ran twice
     assert log[:6] + log[9:] == expected_log
     assert_same(snapshot(trainer), expected)

@@ -1,0 +1,85 @@
+"""The work due after an optimizer step and at an epoch's end, one :class:`Action` at a time.
+
+The loop queues :data:`~trainer.inflight.STEP_ACTIONS` after every optimizer step and
+:data:`~trainer.inflight.EPOCH_ACTIONS` when an epoch's schedule is exhausted; :func:`act` runs one
+of them. Each returns whether training stops (a preemption), so the loop decides, nothing raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.config import SchedulerInterval, ValidationFrequency
+from trainer.inflight import EPOCH_ACTIONS, RUN_ONCE, Action, LoopState
+from trainer.preemption import PreemptionFlag
+from trainer.resume import ResumePhase
+
+__all__ = ["act", "close_epoch", "drain"]
+
+
+def close_epoch(loop: LoopState) -> None:
+    """Queue the end-of-epoch actions (the epoch's schedule is exhausted)."""
+    loop.pending.extend(EPOCH_ACTIONS)
+
+
+def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: int) -> bool:
+    """Run ``action`` for ``trainer`` (a GenericTrainer); True when training must stop."""
+    state, config = trainer.state, trainer.config
+    step, validation = state.global_step, config.validation
+    if action is Action.VALIDATE_IF_DUE:
+        every = validation.every_n_steps
+        if validation.frequency is ValidationFrequency.EVERY_N_STEPS and step % every == 0:
+            trainer.validate()
+    elif action is Action.SAVE_IF_DUE:
+        every = config.checkpoint.save_every_n_steps
+        if every and step % every == 0:
+            trainer.save("step")
+    elif action is Action.STEP_CALLBACKS:
+        for callback in trainer.callbacks:  # after this step's validation and checkpoint
+            callback.on_optimizer_step(trainer)
+    elif action is Action.CHECK_PREEMPTION:
+        if preemption.agreed(trainer.device if trainer.device.type == "cuda" else None):
+            state.preempted = True
+            if trainer._loop.saved_at != step:
+                trainer.save("preempted")
+            return True
+    elif action is Action.EPOCH_SCHEDULERS:
+        if config.scheduler_interval is SchedulerInterval.EPOCH and state.optimizer_steps_in_epoch:
+            for scheduler in trainer.schedulers:
+                scheduler.step()
+    elif action is Action.EPOCH_VALIDATION:
+        if validation.frequency is ValidationFrequency.PER_EPOCH:
+            trainer.validate()
+    elif action is Action.EPOCH_CALLBACKS:
+        for callback in trainer.callbacks:
+            callback.on_epoch_end(trainer, state.epoch)
+    elif action is Action.NEXT_EPOCH:
+        state.epoch, state.batch_in_epoch, state.optimizer_steps_in_epoch = state.epoch + 1, 0, 0
+        state.completed = state.epoch >= max_epochs
+        state.phase = ResumePhase.DONE if state.completed else ResumePhase.TRAIN
+        trainer._loop.epoch_iter = None
+    elif action is Action.EPOCH_SAVE:
+        every = config.checkpoint.save_every_n_epochs
+        if every and (state.epoch % every == 0 or state.completed):
+            trainer.save("epoch_end")
+    return False
+
+
+def drain(trainer: Any, pending: list[Action], preemption: PreemptionFlag, max_epochs: int) -> bool:
+    """Run the queued actions in order; True when a preemption stops training.
+
+    An action leaves the queue once done, so an interruption inside one runs it again at the next
+    ``fit()``; user callbacks (:data:`~trainer.inflight.RUN_ONCE`) leave it before they run, so a
+    KeyboardInterrupt they raise does not run them twice.
+    """
+    while pending:
+        action = pending[0]
+        if action in RUN_ONCE:
+            pending.pop(0)
+        stop = act(trainer, action, preemption, max_epochs)
+        if action not in RUN_ONCE:
+            pending.pop(0)
+        if stop:
+            pending.clear()
+            return True
+    return False

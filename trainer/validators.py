@@ -1,0 +1,225 @@
+"""Validators and converters of the trainer's configs and state records (attrs field hooks).
+
+Each follows attrs' ``(instance, attribute, value)`` validator signature or is a one-argument
+converter; messages read ``'field' must be ... (got value); what to do``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import signal
+import string
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+__all__ = [
+    "check_loss_weights",
+    "check_optimizer_ids",
+    "check_signals",
+    "check_template",
+    "enum_converter",
+    "int_at_least",
+    "is_bool",
+    "loader_config_or_none",
+    "optional_tuple",
+    "positive_float_or_none",
+    "signal_names",
+    "to_path",
+    "to_plain",
+]
+
+is_bool = attrs.validators.instance_of(bool)
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def enum_converter(enum_cls: type[_E], name: str) -> Callable[[Any], _E]:
+    """Return a converter accepting a member of ``enum_cls`` or one of its string values."""
+
+    def convert(value: Any) -> _E:
+        if isinstance(value, enum_cls):
+            return value
+        for member in enum_cls:
+            if value == member.value:
+                return member
+        valid = ", ".join(repr(m.value) for m in enum_cls)
+        raise ValueError(f"'{name}' must be one of {valid} (got {value!r})")
+
+    return convert
+
+
+def int_at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
+    """Validator: an int (not a bool) >= ``minimum``; None also allowed when ``optional``."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            allowed = "an int or None" if optional else "an int"
+            raise TypeError(f"'{attribute.name}' must be {allowed} (got {value!r})")
+        if value < minimum:
+            hint = "; pass None to disable it" if optional else ""
+            raise ValueError(f"'{attribute.name}' must be >= {minimum} (got {value}){hint}")
+
+    return check
+
+
+def positive_float_or_none(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{attribute.name}' must be a float or None (got {value!r})")
+    if not value > 0:
+        raise ValueError(f"'{attribute.name}' must be > 0 or None to disable it (got {value})")
+
+
+def to_path(value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"'root_dir' must be a folder path, str or os.PathLike (got {value!r}); pass e.g. "
+            "root_dir='runs/exp1' (every run needs a folder for its checkpoints and its lock)"
+        )
+    return Path(value)
+
+
+_TEMPLATE_FIELDS = frozenset({"epoch", "global_step"})
+
+
+_RESERVED_NAMES = frozenset({"latest.ckpt", "best.ckpt"})
+
+
+def check_template(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"'{attribute.name}' must be a str (got {value!r})")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        example = value.format(epoch=0, global_step=0) if fields <= _TEMPLATE_FIELDS else ""
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ValueError(
+            f"'{attribute.name}' must be a format string using only {{epoch}} and {{global_step}} "
+            f"(got {value!r}: {exc}); e.g. 'epoch={{epoch:04d}}-step={{global_step:06d}}.ckpt'"
+        ) from exc
+    if not fields <= _TEMPLATE_FIELDS or "global_step" not in fields:
+        raise ValueError(
+            f"'{attribute.name}' must use {{global_step}} and may use {{epoch}}, nothing else "
+            f"(got {value!r} with fields {sorted(fields)})"
+        )
+    if not example.endswith(".ckpt") or "/" in example or example in _RESERVED_NAMES:
+        raise ValueError(
+            f"'{attribute.name}' must give a plain file name ending in '.ckpt' other than "
+            f"{sorted(_RESERVED_NAMES)} (got {value!r}, which gives {example!r})"
+        )
+
+
+def signal_names(value: Iterable[Any]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    return tuple(getattr(v, "name", v) for v in value)
+
+
+# POSIX signals a handler can catch; names outside this set that the platform lacks are typos.
+
+
+_CATCHABLE_SIGNALS = frozenset(
+    {
+        "SIGTERM",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGINT",
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGCONT",
+        "SIGXCPU",
+        "SIGALRM",
+        "SIGPWR",
+        "SIGBREAK",
+        "SIGWINCH",
+    }
+)
+
+
+_UNCATCHABLE_SIGNALS = frozenset({"SIGKILL", "SIGSTOP"})
+
+
+def check_signals(_instance: Any, attribute: attrs.Attribute, value: tuple[Any, ...]) -> None:
+    for name in value:
+        if not isinstance(name, str) or not name.startswith("SIG") or name.startswith("SIG_"):
+            raise ValueError(
+                f"'{attribute.name}' must hold signal names like 'SIGTERM' or 'SIGUSR1' "
+                f"(got {name!r} in {value!r})"
+            )
+        if name in _UNCATCHABLE_SIGNALS:
+            raise ValueError(
+                f"'{attribute.name}' holds {name}, which no process can catch, so it can never "
+                f"trigger a save (got {value!r}); schedulers send SIGTERM (or SIGUSR1 with Slurm's "
+                "--signal) before SIGKILL: list those instead"
+            )
+        if name not in _CATCHABLE_SIGNALS and not hasattr(signal, name):
+            raise ValueError(
+                f"'{attribute.name}' holds {name!r}, which is not a signal name (got {value!r}); "
+                f"use names such as {sorted(_CATCHABLE_SIGNALS - {'SIGBREAK', 'SIGPWR'})}"
+            )
+
+
+def optional_tuple(value: Any) -> tuple[Any, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def check_loss_weights(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    for w in value:
+        if (
+            isinstance(w, bool)
+            or not isinstance(w, (int, float))
+            or not math.isfinite(w)
+            or not w >= 0
+        ):
+            raise ValueError(
+                f"'{attribute.name}' must hold finite numbers >= 0, one per train loader "
+                f"(got {value!r}); use 0 to ignore a loader's loss"
+            )
+
+
+def check_optimizer_ids(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in value):
+        raise ValueError(
+            f"'{attribute.name}' must hold optimizer indices >= 0, one per train loader (got {value!r})"
+        )
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if attrs.has(type(value)):
+        return (
+            value.to_dict()
+            if hasattr(value, "to_dict")
+            else to_plain(attrs.asdict(value, recurse=False))
+        )
+    return value
+
+
+def loader_config_or_none(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    from statefuldata import MultiDataLoaderConfig
+
+    if value is None or isinstance(value, MultiDataLoaderConfig):
+        return
+    raise TypeError(
+        f"'{attribute.name}' must be a statefuldata.MultiDataLoaderConfig or None "
+        f"(got {type(value).__name__})"
+    )
