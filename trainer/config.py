@@ -23,13 +23,13 @@ from trainer.validators import (
     check_optimizer_ids,
     check_signals,
     check_template,
-    enum_converter,
     int_at_least,
     is_bool,
     loader_config_or_none,
     optional_tuple,
     positive_float_or_none,
     signal_names,
+    to_enum,
     to_path,
     to_plain,
 )
@@ -89,7 +89,7 @@ class PerformanceConfig:
 
     use_amp: bool = attrs.field(default=False, validator=is_bool)
     amp_dtype: AmpDtype = attrs.field(
-        default=AmpDtype.BFLOAT16, converter=enum_converter(AmpDtype, "amp_dtype")
+        default=AmpDtype.BFLOAT16, converter=lambda v: to_enum(AmpDtype, v, "amp_dtype")
     )
     gradient_accumulation_steps: int = attrs.field(default=1, validator=int_at_least(1))
     clip_grad_norm: float | None = attrs.field(default=None, validator=positive_float_or_none)
@@ -126,7 +126,7 @@ class CheckpointConfig:
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
     )
     monitor_mode: MonitorMode = attrs.field(
-        default=MonitorMode.MIN, converter=enum_converter(MonitorMode, "monitor_mode")
+        default=MonitorMode.MIN, converter=lambda v: to_enum(MonitorMode, v, "monitor_mode")
     )
     save_best: bool = attrs.field(default=True, validator=is_bool)
     use_symlinks: bool = attrs.field(default=True, validator=is_bool)
@@ -153,11 +153,11 @@ class ValidationConfig:
 
     frequency: ValidationFrequency = attrs.field(
         default=ValidationFrequency.PER_EPOCH,
-        converter=enum_converter(ValidationFrequency, "frequency"),
+        converter=lambda v: to_enum(ValidationFrequency, v, "frequency"),
     )
     every_n_steps: int | None = attrs.field(default=None, validator=int_at_least(1, optional=True))
     aggregation: Aggregation = attrs.field(
-        default=Aggregation.MICRO, converter=enum_converter(Aggregation, "aggregation")
+        default=Aggregation.MICRO, converter=lambda v: to_enum(Aggregation, v, "aggregation")
     )
 
     def __attrs_post_init__(self) -> None:
@@ -248,10 +248,10 @@ class GenericTrainerConfig:
     )
     scheduler_interval: SchedulerInterval = attrs.field(
         default=SchedulerInterval.STEP,
-        converter=enum_converter(SchedulerInterval, "scheduler_interval"),
+        converter=lambda v: to_enum(SchedulerInterval, v, "scheduler_interval"),
     )
     nonfinite_loss: NonFiniteLoss = attrs.field(
-        default=NonFiniteLoss.RAISE, converter=enum_converter(NonFiniteLoss, "nonfinite_loss")
+        default=NonFiniteLoss.RAISE, converter=lambda v: to_enum(NonFiniteLoss, v, "nonfinite_loss")
     )
     log_every_n_steps: int = attrs.field(default=50, validator=int_at_least(1))
     progress_bar: bool = attrs.field(default=True, validator=is_bool)

@@ -37,7 +37,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
         if type(batch) is dict:
             return moved
         try:
-            return type(batch)(moved)
+            return type(batch)(moved)  # type: ignore[call-arg]
         except TypeError:  # a Mapping whose constructor takes something else: update a copy
             copy = batch.copy() if hasattr(batch, "copy") else dict(batch)
             copy.update(moved)

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from trainer.validators import enum_converter, int_at_least
+from trainer.validators import int_at_least, to_enum
 
 __all__ = ["ResumePhase", "ResumeState"]
 
@@ -57,7 +57,7 @@ class ResumeState:
     """
 
     phase: ResumePhase = attrs.field(
-        default=ResumePhase.TRAIN, converter=enum_converter(ResumePhase, "phase")
+        default=ResumePhase.TRAIN, converter=lambda v: to_enum(ResumePhase, v, "phase")
     )
     epoch: int = _count()
     global_step: int = _count()

@@ -22,13 +22,13 @@ __all__ = [
     "check_optimizer_ids",
     "check_signals",
     "check_template",
-    "enum_converter",
     "int_at_least",
     "is_bool",
     "loader_config_or_none",
     "optional_tuple",
     "positive_float_or_none",
     "signal_names",
+    "to_enum",
     "to_path",
     "to_plain",
 ]
@@ -39,19 +39,21 @@ is_bool = attrs.validators.instance_of(bool)
 _E = TypeVar("_E", bound=enum.Enum)
 
 
-def enum_converter(enum_cls: type[_E], name: str) -> Callable[[Any], _E]:
-    """Return a converter accepting a member of ``enum_cls`` or one of its string values."""
+def to_enum(enum_cls: type[_E], value: Any, name: str) -> _E:
+    """``value`` as a member of ``enum_cls``: a member, its value, or its name (any case).
 
-    def convert(value: Any) -> _E:
-        if isinstance(value, enum_cls):
-            return value
+    Raises:
+        ValueError: ``'name' must be one of 'a', 'b' (got value)``.
+    """
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        key = value.strip().lower()
         for member in enum_cls:
-            if value == member.value:
+            if key in (str(member.value).lower(), member.name.lower()):
                 return member
-        valid = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"'{name}' must be one of {valid} (got {value!r})")
-
-    return convert
+    valid = ", ".join(repr(m.value) for m in enum_cls)
+    raise ValueError(f"'{name}' must be one of {valid} (got {value!r})")
 
 
 def int_at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
