@@ -231,6 +231,9 @@ class GenericTrainerConfig:
         log_every_n_steps: Optimizer steps between train-loss log lines and history points.
         progress_bar: Show a tqdm bar (notebook-aware) on rank 0.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        ddp_find_unused_parameters: Passed to the ``DistributedDataParallel`` wrapper the trainer
+            builds under torch.distributed; True when a loader's loss uses only part of the model
+            (e.g. with ``per_loader_optimizer_id``).
     """
 
     seed: int = attrs.field(default=0, validator=int_at_least(0))
@@ -256,6 +259,7 @@ class GenericTrainerConfig:
     log_every_n_steps: int = attrs.field(default=50, validator=int_at_least(1))
     progress_bar: bool = attrs.field(default=True, validator=is_bool)
     device: str = attrs.field(default="cpu", validator=attrs.validators.instance_of(str))
+    ddp_find_unused_parameters: bool = attrs.field(default=False, validator=is_bool)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-typed snapshot (stored in the checkpoint's ``config_snapshot``)."""

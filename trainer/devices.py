@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,10 +57,16 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device ``name`` stands for (``"auto"``: CUDA when available, else CPU), checked to exist."""
+def resolve_device(name: str, *, distributed: bool = False) -> torch.device:
+    """The device ``name`` stands for, checked to exist.
+
+    ``"auto"`` is CUDA when available, else CPU. Under torch.distributed, ``"auto"`` and ``"cuda"``
+    mean this process's GPU, ``cuda:$LOCAL_RANK`` (as torchrun sets it).
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed and torch.cuda.is_available():
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -83,8 +90,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def rank_and_world_size() -> tuple[int, int]:
-    """This process's rank and the world size under torch.distributed, else ``(0, 1)``."""
+def rank_and_world_size(group: Any = None) -> tuple[int, int]:
+    """This process's rank and the world size of ``group`` (default: the whole job) under
+    torch.distributed, else ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
+        return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1

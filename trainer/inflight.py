@@ -82,6 +82,8 @@ class LoopState:
     dirty: Busy | None = None
     saved_at: int | None = None
     skipped_steps: int = 0
+    unsynced: bool = False
+    schedule_checked: bool = False
     scales: list[float] = attrs.field(factory=list)
     owners: list[tuple[int, ...]] = attrs.field(factory=list)
 

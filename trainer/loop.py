@@ -20,6 +20,13 @@ from trainer.checkpoints import read_checkpoint
 from trainer.config import GenericTrainerConfig, SchedulerInterval
 from trainer.data import TrainerData, as_list
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
+from trainer.distributed import (
+    average_gradients,
+    check_same_schedule,
+    gradient_sync,
+    unwrap,
+    wrap_model,
+)
 from trainer.inflight import STEP_ACTIONS, Busy, LoopState, log_interrupt
 from trainer.manager import CheckpointManager
 from trainer.optim import (
@@ -69,19 +76,27 @@ class GenericTrainer:
         schedulers: Any = None,
         *,
         callbacks: Sequence[Callback] = (),
+        process_group: Any = None,
     ) -> None:
         self.config = config
         self.optimizers: list[torch.optim.Optimizer] = as_list(optimizers)
         self.schedulers: list[Any] = as_list(schedulers)
         check_trainer_args(config, model, self.optimizers, self.schedulers)
-        self.device = resolve_device(config.device)
-        self.model = model.to(self.device)
+        self.rank, self.world_size = rank_and_world_size(process_group)
+        self.process_group = process_group
+        self.device = resolve_device(config.device, distributed=self.world_size > 1)
+        self.model = wrap_model(
+            model.to(self.device),
+            self.device,
+            world_size=self.world_size,
+            process_group=process_group,
+            find_unused_parameters=config.ddp_find_unused_parameters,
+        )
         owned = {id(p) for o in self.optimizers for g in o.param_groups for p in g["params"]}
         self._unowned_params = [p for p in self.model.parameters() if id(p) not in owned]
         self.precision = make_precision(config.performance, self.device)
         self.checkpoints = CheckpointManager(config.checkpoint)
         self.callbacks = list(callbacks)
-        self.rank, self.world_size = rank_and_world_size()
         self.state = ResumeState()
         self.metrics_history: dict[str, list[list[float]]] = {}
         self.last_checkpoint: Path | None = None
@@ -90,7 +105,7 @@ class GenericTrainer:
         self._data = TrainerData(config)
         self._io = TrainerIO(
             config,
-            self.model,
+            unwrap(self.model),
             self.optimizers,
             self.schedulers,
             self.precision,
@@ -240,6 +255,12 @@ class GenericTrainer:
         if loop.epoch_iter is None or loop.epoch_iter.epoch != epoch:
             loop.epoch_iter = manager.create_epoch_iterator("train", epoch)
         iterator = loop.epoch_iter
+        if self.world_size > 1 and not loop.schedule_checked:
+            fingerprint = manager.fingerprint("train")
+            check_same_schedule(
+                iterator.schedule, fingerprint, epoch=epoch, group=self.process_group
+            )
+            loop.schedule_checked = True
         accumulate = self.config.performance.gradient_accumulation_steps
         show = self.config.progress_bar and self.rank == 0
         with epoch_bar(len(iterator), iterator.position, epoch, enabled=show) as bar:
@@ -249,7 +270,10 @@ class GenericTrainer:
                 loop.busy = None
                 if item is None:
                     return False
-                self._train_batch(*item)
+                final = self.state.micro_step + 1 >= accumulate or iterator.position >= len(
+                    iterator
+                )
+                self._train_batch(*item, final=final)
                 bar.update(1)
                 if self.state.micro_step >= accumulate:
                     self._optimizer_step()
@@ -257,20 +281,23 @@ class GenericTrainer:
                         return True
                 interrupt.raise_if_requested()
 
-    def _train_batch(self, loader_idx: int, name: str, batch: Any) -> None:
-        """Forward and backward of one batch (gradients accumulate into the window)."""
+    def _train_batch(self, loader_idx: int, name: str, batch: Any, *, final: bool = True) -> None:
+        """Forward and backward of one batch (gradients accumulate into the window; under DDP
+        they are all-reduced only by the micro-step that closes it, ``final``)."""
         loop = self._loop
         loop.busy = Busy.BATCH
         batch_idx = self.state.batch_in_epoch
         batch = self._to_device(batch)
-        with self.precision.autocast():
-            outputs = self._training_step(self, batch, batch_idx, loader_idx, name)  # type: ignore[misc]
-        loss = loss_of(outputs)
-        scale, owners = loop.scales[loader_idx], loop.owners[loader_idx]
-        if scale != 0.0:
-            require_grad(loss, name, batch_idx)
-            self.precision.backward(loss if scale == 1.0 else loss * scale)
-            loop.window.update(owners)
+        with gradient_sync(self.model, final=final) as synced:
+            with self.precision.autocast():
+                outputs = self._training_step(self, batch, batch_idx, loader_idx, name)  # type: ignore[misc]
+            loss = loss_of(outputs)
+            scale, owners = loop.scales[loader_idx], loop.owners[loader_idx]
+            if scale != 0.0:
+                require_grad(loss, name, batch_idx)
+                self.precision.backward(loss if scale == 1.0 else loss * scale)
+                loop.window.update(owners)
+                loop.unsynced = not synced
         loop.window_losses.append((loss.detach(), name, batch_idx))
         self.state.batch_in_epoch += 1
         self.state.micro_step += 1
@@ -286,6 +313,9 @@ class GenericTrainer:
             loop.window_losses, self.config.nonfinite_loss, state.epoch, state.global_step + 1
         )
         loop.skipped_steps += not finite
+        if loop.unsynced:  # the window closed on a micro-step that ran under no_sync
+            average_gradients(self.model, self.process_group)
+            loop.unsynced = False
         stepped = (
             step_optimizers(
                 self.optimizers,
