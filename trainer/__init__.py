@@ -1,7 +1,7 @@
 """A thin training loop that resumes mid-epoch bit-exactly from one checkpoint file."""
 
 from trainer.callbacks import Callback
-from trainer.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from trainer.checkpoints import load_checkpoint, save_checkpoint
 from trainer.config import (
     Aggregation,
     AmpDtype,
@@ -14,6 +14,7 @@ from trainer.config import (
     ValidationConfig,
     ValidationFrequency,
 )
+from trainer.errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
 from trainer.loop import FitResult, GenericTrainer
 from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
@@ -26,7 +27,9 @@ __all__ = [
     "Callback",
     "CheckpointConfig",
     "CheckpointError",
+    "CheckpointLockedError",
     "CheckpointManager",
+    "CheckpointWriteError",
     "FitResult",
     "GenericTrainer",
     "GenericTrainerConfig",

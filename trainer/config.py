@@ -166,6 +166,12 @@ class CheckpointConfig:
         save_best: Maintain ``best.ckpt`` when ``monitor_metric`` is set.
         use_symlinks: ``latest``/``best`` are symlinks; False (or a failing symlink) makes copies.
         filename_template: File name from ``epoch`` and ``global_step``.
+        file_mode: Permission bits of new checkpoint files, ``best.json`` and copies, e.g.
+            ``0o600``; None (default) follows the umask like any new file: ``0o666 & ~umask``
+            (``0o644`` under the usual umask 022).
+
+    The folder takes one writer at a time: saving holds an exclusive lock on ``root_dir/.lock``
+    (see :meth:`trainer.manager.CheckpointManager.acquire`).
     """
 
     root_dir: Path = attrs.field(default=Path("checkpoints"), converter=Path)
@@ -187,6 +193,15 @@ class CheckpointConfig:
     filename_template: str = attrs.field(
         default="epoch={epoch:04d}-step={global_step:06d}.ckpt", validator=_check_template
     )
+    file_mode: int | None = attrs.field(default=None)
+
+    @file_mode.validator
+    def _check_file_mode(self, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and (type(value) is not int or not 0 <= value <= 0o777):
+            raise ValueError(
+                f"'{attribute.name}' must be None (follow the umask) or permission bits from 0 to "
+                f"0o777 such as 0o600 or 0o640 (got {value!r})"
+            )
 
     @property
     def tracks_best(self) -> bool:
