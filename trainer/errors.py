@@ -57,7 +57,7 @@ def _os_error_in(exc: BaseException) -> OSError | None:
 
 @contextlib.contextmanager
 def translate_write_errors(path: Path, what: str = "checkpoint") -> Iterator[None]:
-    """Turn a file-system error while writing ``path`` into a :class:`CheckpointWriteError`."""
+    """Turn a file-system error while writing ``path`` (a ``what``) into CheckpointWriteError."""
     try:
         yield
     except CheckpointWriteError:
@@ -70,6 +70,6 @@ def translate_write_errors(path: Path, what: str = "checkpoint") -> Iterator[Non
         hint = _WRITE_HINTS.get(cause.errno, "check the folder and its disk")
         raise CheckpointWriteError(
             cause.errno,
-            f"Cannot save {what} {path.name} in {path.parent}: {cause.strerror or cause} ({name}). "
+            f"Cannot save {path.name} ({what}) in {path.parent}: {cause.strerror or cause} ({name}). "
             f"Earlier checkpoints and latest.ckpt are unchanged; {hint}",
         ) from cause

@@ -161,7 +161,7 @@ class FolderLock:
             if self._depth > 0:
                 self._depth += 1
                 return False
-            with translate_write_errors(self.path, "the lock file"):
+            with translate_write_errors(self.path, "writer lock file"):
                 self.folder.mkdir(parents=True, exist_ok=True)
                 flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
                 fd = os.open(self.path, flags, 0o666 if self.mode is None else self.mode)
@@ -202,7 +202,7 @@ class FolderLock:
             "since_unix": time.time(),
             "command": " ".join(sys.argv)[:200],
         }
-        with translate_write_errors(self.path, "the lock file"):
+        with translate_write_errors(self.path, "writer lock file"):
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
 

@@ -275,7 +275,7 @@ class CheckpointManager:
     def _point(self, name: str, target: Path) -> None:
         """Make ``root/name`` refer to ``target`` atomically: a symlink, else a copy."""
         entry = self.root_dir / name
-        with translate_write_errors(entry, "link"):
+        with translate_write_errors(entry, "latest/best entry"):
             if self._symlinks and not point_link(entry, target):
                 self._symlinks = False
             if not self._symlinks:
