@@ -56,7 +56,7 @@ EOCD_SIZE = 22
 ZIP_SIGNATURE = b"PK\x03\x04"
 _COMMENT = re.compile(rb"statefuldata-checksum v(\d+) ([a-z0-9]+) ([0-9a-f]+)")
 _TAIL = EOCD_SIZE + 96  # the end record plus the longest comment we write, with room to spare
-_CHUNK = 8 << 20
+_CHUNK = 1 << 20
 #: Files at least this large are hashed in a thread, overlapped with the fsync or the load.
 OVERLAP_BYTES = 16 << 20
 
