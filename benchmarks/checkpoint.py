@@ -153,7 +153,11 @@ def _measure(settings: Settings, plan: _Plan) -> list[dict[str, Any]]:
         for i, size in enumerate(plan.sizes):
             payload, path = _payload(size), folder / "c.ckpt"
             warmup = settings.warmup if i == 0 else 0
-            common = {"repeats": settings.repeats, "warmup": warmup, "progress": progress}
+            common: dict[str, Any] = {
+                "repeats": settings.repeats,
+                "warmup": warmup,
+                "progress": progress,
+            }
             saves = {
                 n: partial(_timed, partial(v, payload, path)) for n, v in SAVE_VARIANTS.items()
             }

@@ -139,7 +139,7 @@ class _HashingFile:
 def save_hashing_inline(payload: Any, path: Path, algorithm: str) -> None:
     """Atomic save hashing each buffer as torch.save writes it (the digest is computed, not stored)."""
     hasher = HASHERS[algorithm]()
-    atomic_write(path, lambda f: torch.save(payload, _HashingFile(f, hasher)))
+    atomic_write(path, lambda f: torch.save(payload, _HashingFile(f, hasher)))  # type: ignore[arg-type]
     hasher.hexdigest()
 
 

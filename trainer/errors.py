@@ -64,7 +64,7 @@ def translate_write_errors(path: Path, what: str = "checkpoint") -> Iterator[Non
         raise
     except Exception as exc:
         cause = _os_error_in(exc)
-        if cause is None:
+        if cause is None or cause.errno is None:
             raise
         name = errno.errorcode.get(cause.errno, str(cause.errno))
         hint = _WRITE_HINTS.get(cause.errno, "check the folder and its disk")

@@ -312,7 +312,14 @@ class CheckpointManager:
 
     # -- restoring --------------------------------------------------------------------------
 
-    def _load_newest_valid(self) -> tuple[Path, dict[str, Any]] | None:
+    def load_latest_valid(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest valid checkpoint and its payload, read (and verified) once; None if none.
+
+        The same choice as :meth:`find_latest_valid`, without reading the file a second time.
+
+        Raises:
+            CheckpointError: Checkpoint files exist but none of them is valid.
+        """
         return load_newest_valid(self.root_dir, self.list_checkpoints())
 
     def find_latest_valid(self) -> Path | None:
@@ -321,7 +328,7 @@ class CheckpointManager:
         Raises:
             CheckpointError: Checkpoint files exist but none of them is valid.
         """
-        found = self._load_newest_valid()
+        found = self.load_latest_valid()
         return None if found is None else found[0]
 
     def restore_from_checkpoint(
@@ -347,7 +354,7 @@ class CheckpointManager:
             ValueError: Counts differ from the saved ones, or the format version is newer.
         """
         if checkpoint_path is None:
-            found = self._load_newest_valid()
+            found = self.load_latest_valid()
             if found is None:
                 raise FileNotFoundError(
                     f"No checkpoint in {self.root_dir} to resume from; pass checkpoint_path= or "

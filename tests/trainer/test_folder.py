@@ -52,6 +52,9 @@ def test_the_newest_file_is_chosen_by_step_then_epoch_not_by_mtime(tmp_path: Pat
     assert manager.find_latest_valid() == paths[3].resolve()
     assert restored_step(make(tmp_path, filename_template=template)) == 30
     assert read_checkpoint(manager.find_latest_valid())["epoch"] == 3
+    path, payload = manager.load_latest_valid()
+    assert path == paths[3].resolve() and (payload["global_step"], payload["epoch"]) == (30, 3)
+    assert make(tmp_path / "empty").load_latest_valid() is None
 
 
 def test_rotation_keeps_the_newest_by_step(tmp_path: Path) -> None:
