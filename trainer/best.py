@@ -42,6 +42,13 @@ class BestTracker:
     config: CheckpointConfig
     record: dict[str, Any] | None = attrs.field(init=False, default=None)
     _warned_missing_metric: bool = attrs.field(init=False, default=False)
+    _warned: set[str] = attrs.field(init=False, factory=set)
+
+    def _warn_once(self, message: str, *args: Any) -> None:
+        text = message % args
+        if text not in self._warned:  # load() runs at every start of a writer: say it once
+            self._warned.add(text)
+            logger.warning(text)
 
     @property
     def path(self) -> Path:
@@ -66,7 +73,7 @@ class BestTracker:
             return None
         wanted = (self.config.monitor_metric, self.config.monitor_mode.value)
         if (record.get("monitor_metric"), record.get("monitor_mode")) != wanted:
-            logger.warning(
+            self._warn_once(
                 "%s tracks %s/%s but the config monitors %s/%s; best tracking starts afresh",
                 self.path,
                 record.get("monitor_metric"),

@@ -157,8 +157,14 @@ def read_trailer(fd: int, size: int) -> _Trailer | IntegrityReport | None:
         (length,) = struct.unpack_from("<H", tail, start + 20) if start + 22 <= len(tail) else (-1,)
         if start + EOCD_SIZE + length == len(tail):
             match = _COMMENT.fullmatch(tail[start + EOCD_SIZE :])
-            if match is None or match[1] != b"1":
+            if match is None:
                 break
+            if match[1] != b"1":
+                return IntegrityReport(
+                    status=IntegrityStatus.UNKNOWN_ALGORITHM,
+                    detail=f"checksum format v{match[1].decode()} (this version reads v1); "
+                    "upgrade trainer",
+                )
             return _Trailer(match[2].decode(), match[3].decode(), size - length)
         start = tail.rfind(EOCD_SIGNATURE, 0, start)
     head = _pread_exact(fd, min(size, 4), 0)

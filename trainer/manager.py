@@ -59,7 +59,7 @@ from trainer.checkpoints import (
     write_checkpoint,
 )
 from trainer.config import CheckpointConfig
-from trainer.errors import translate_write_errors
+from trainer.errors import CheckpointWriteError, translate_write_errors
 from trainer.folder import (
     BEST_NAME,
     LATEST_NAME,
@@ -303,7 +303,10 @@ class CheckpointManager:
         target, best = self.root_dir / record["file"], self.root_dir / BEST_NAME
         stale = not best.exists() or (best.is_symlink() and os.readlink(best) != record["file"])
         if target.is_file() and stale:
-            self._point(BEST_NAME, target)
+            try:
+                self._point(BEST_NAME, target)
+            except CheckpointWriteError as exc:  # best is a convenience: never block the writer
+                logger.warning("Could not repair %s from %s: %s", best, self._tracker.path, exc)
 
     @property
     def best_value(self) -> float | None:

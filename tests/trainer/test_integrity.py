@@ -176,6 +176,9 @@ def test_damaged_end_and_unknown_algorithm_are_named(tmp_path: Path, capsys) -> 
     path.write_bytes(data.replace(b" crc32 ", b" crc64 "))
     with pytest.raises(CheckpointError, match=r"unknown checksum algorithm: 'crc64'.*upgrade"):
         read_checkpoint(path)
+    path.write_bytes(data.replace(b"checksum v1 ", b"checksum v2 "))
+    with pytest.raises(CheckpointError, match=r"checksum format v2 \(this version reads v1\)"):
+        read_checkpoint(path)
 
 
 def test_files_without_a_checksum_load_with_one_warning(tmp_path: Path, caplog) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer.atomic import host_tag
 from trainer.checkpoints import CheckpointLockedError, read_checkpoint
 from trainer.config import CheckpointConfig
 from trainer.lock import LOCK_NAME, FolderLock, read_holder
@@ -101,6 +102,33 @@ def test_a_dropped_holder_unlocks(tmp_path: Path) -> None:
     del lock
     with FolderLock(tmp_path):
         pass
+
+
+def test_constructing_deletes_nothing_and_the_writer_removes_only_orphaned_temp_files(
+    tmp_path: Path,
+) -> None:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    tag = host_tag()
+    orphans = [
+        f".epoch=0000-step=000003.ckpt.{ended.pid}@{tag}.0123abcd.tmp",  # its writer has ended
+        f".best.json.{os.getpid()}@{tag}.0123abcd.tmp",  # ours, from an earlier failed save
+    ]
+    kept = [
+        f".epoch=0000-step=000004.ckpt.1@{tag}.0123abcd.tmp",  # pid 1 is running
+        ".epoch=0000-step=000005.ckpt.7@00000000.0123abcd.tmp",  # another host
+        ".epoch=0000-step=000006.ckpt.abc.tmp",  # no pid in the name (older version)
+        ".other.tmp",  # not a checkpoint temp file
+    ]
+    for name in orphans + kept:
+        (tmp_path / name).write_bytes(b"half")
+    m = manager(tmp_path)
+    assert m.find_latest_valid() is None and not m.has_checkpoints()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK_NAME) == sorted(
+        orphans + kept
+    )  # readers delete nothing
+    with m.writer():
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name != LOCK_NAME) == sorted(kept)
 
 
 HOLDER = textwrap.dedent(

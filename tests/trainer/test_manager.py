@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.atomic import host_tag
 from trainer.checkpoints import CheckpointError, build_payload, read_checkpoint
 from trainer.config import CheckpointConfig
 from trainer.lock import LOCK_NAME
@@ -316,31 +315,6 @@ def test_payload_is_written_as_is_and_foreign_files_are_left_alone(tmp_path: Pat
     assert names(tmp_path) == ["epoch=0000-step=000008.ckpt", "latest.ckpt", "pretrained.ckpt"]
     with pytest.raises(TypeError, match="save_checkpoint needs model="):
         manager.save_checkpoint(epoch=0, global_step=1)
-
-
-def test_constructing_deletes_nothing_and_the_writer_removes_only_orphaned_temp_files(
-    tmp_path: Path,
-) -> None:
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    tag = host_tag()
-    orphans = [
-        f".epoch=0000-step=000003.ckpt.{ended.pid}@{tag}.0123abcd.tmp",  # its writer has ended
-        f".best.json.{os.getpid()}@{tag}.0123abcd.tmp",  # ours, from an earlier failed save
-    ]
-    kept = [
-        f".epoch=0000-step=000004.ckpt.1@{tag}.0123abcd.tmp",  # pid 1 is running
-        ".epoch=0000-step=000005.ckpt.7@00000000.0123abcd.tmp",  # another host
-        ".epoch=0000-step=000006.ckpt.abc.tmp",  # no pid in the name (older version)
-        ".other.tmp",  # not a checkpoint temp file
-    ]
-    for name in orphans + kept:
-        (tmp_path / name).write_bytes(b"half")
-    manager = make_manager(tmp_path)
-    assert manager.find_latest_valid() is None and not manager.has_checkpoints()
-    assert names(tmp_path) == sorted(orphans + kept)  # readers delete nothing
-    with manager.writer():
-        assert names(tmp_path) == sorted(kept)
 
 
 CHILD = textwrap.dedent(
