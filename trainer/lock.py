@@ -165,7 +165,13 @@ class FolderLock:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
                 fd = os.open(self.path, flags, 0o666 if self.mode is None else self.mode)
-            if not _try_lock(fd):
+            try:
+                with translate_write_errors(self.path, "writer lock file"):
+                    locked = _try_lock(fd)  # e.g. ENOLCK: a file system without locks
+            except BaseException:
+                os.close(fd)
+                raise
+            if not locked:
                 holder = _parse_holder(os.pread(fd, 4096, 0)) if fcntl is not None else None
                 os.close(fd)
                 raise CheckpointLockedError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from trainer.atomic import host_tag
-from trainer.checkpoints import CheckpointLockedError, read_checkpoint
+from trainer.checkpoints import CheckpointLockedError, CheckpointWriteError, read_checkpoint
 from trainer.config import CheckpointConfig
 from trainer.lock import LOCK_NAME, FolderLock, read_holder
 from trainer.manager import CheckpointManager
@@ -94,6 +95,20 @@ def test_a_lock_file_naming_a_dead_holder_is_taken_over_with_a_warning(
     assert "ended without releasing it" in caplog.text
     assert read_holder(tmp_path)["pid"] == os.getpid()
     m.release()
+
+
+def test_a_file_system_without_locks_is_named(tmp_path: Path, monkeypatch) -> None:
+    fcntl = pytest.importorskip("fcntl", reason="flock is the POSIX lock")
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(
+        CheckpointWriteError,
+        match=rf"Cannot save \.lock \(writer lock file\) in {tmp_path}: .*ENOLCK",
+    ):
+        manager(tmp_path).acquire()
 
 
 def test_a_dropped_holder_unlocks(tmp_path: Path) -> None:
