@@ -8,10 +8,10 @@ readers, ``torch.load`` among them, ignore the comment, so the files still load 
 ``torch.load(path, weights_only=True)`` (also with ``mmap=True``).
 
 CRC-32 (zlib) is the algorithm: it finds every burst of up to 32 flipped bits and misses other damage
-with probability 2^-32, at about 4 GB/s; saving hashes the file from the page cache while a second
-thread fsyncs it, and loading hashes it in a thread while ``torch.load`` reads it, so verification
-costs little next to the I/O (``python -m benchmarks checkpoint`` measures it against SHA-1,
-SHA-256, BLAKE2b and a numpy word sum).
+with probability 2^-32, at about 4 GB/s. Saving hashes the file from the page cache while a second
+thread fsyncs it; loading hashes it in a thread while ``torch.load`` reads the same open file, which
+hides the hash when a core is free (``python -m benchmarks checkpoint`` measures both against
+SHA-1, SHA-256, BLAKE2b and a numpy word sum).
 
 Example:
     >>> check_integrity("run/latest.ckpt").status                  # doctest: +SKIP
