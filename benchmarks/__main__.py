@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "scheduler": "benchmarks.scheduler",
     "trainer": "benchmarks.trainer_step",
     "state_size": "benchmarks.state_size",
+    "checkpoint": "benchmarks.checkpoint",
 }
 
 

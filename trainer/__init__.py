@@ -1,7 +1,7 @@
 """A thin training loop that resumes mid-epoch bit-exactly from one checkpoint file."""
 
 from trainer.callbacks import Callback
-from trainer.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from trainer.checkpoints import load_checkpoint, save_checkpoint
 from trainer.config import (
     Aggregation,
     AmpDtype,
@@ -16,6 +16,7 @@ from trainer.config import (
     ValidationFrequency,
 )
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
+from trainer.errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
 from trainer.loop import GenericTrainer
 from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
@@ -29,7 +30,9 @@ __all__ = [
     "Callback",
     "CheckpointConfig",
     "CheckpointError",
+    "CheckpointLockedError",
     "CheckpointManager",
+    "CheckpointWriteError",
     "FitResult",
     "FitStatus",
     "GenericTrainer",

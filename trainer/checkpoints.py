@@ -4,6 +4,10 @@ One checkpoint is one file holding one dict with exactly the keys in :data:`V1_K
 ``spec/CHECKPOINT_FORMAT_V1.md``). It holds only plain types and tensors, is written atomically
 (:func:`write_checkpoint`) and read with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`).
 
+Every file carries a CRC-32 of all its bytes (:mod:`trainer.integrity`), verified on every read; a
+file without one (older, or from plain ``torch.save``) loads with a WARNING once. New files get
+``0o666 & ~umask`` (0o644 under umask 022) like any file, or exactly ``file_mode`` when given.
+
 Example:
     >>> save_checkpoint(Path("run/step.ckpt"), trainer)   # doctest: +SKIP
     >>> load_checkpoint(Path("run/step.ckpt"), trainer)   # doctest: +SKIP
@@ -21,6 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from trainer.atomic import atomic_write
+from trainer.errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointWriteError,
+    translate_write_errors,
+)
+from trainer.integrity import IntegrityStatus, load_verified, note_unverified, save_with_checksum
 from trainer.precision import Precision, _load_scaler_state
 from trainer.resume import ResumeState
 from trainer.rng import restore_rng_states
@@ -32,7 +43,9 @@ __all__ = [
     "FORMAT_VERSION",
     "V1_KEYS",
     "CheckpointError",
+    "CheckpointLockedError",
     "CheckpointManager",
+    "CheckpointWriteError",
     "TrainerLike",
     "apply_payload",
     "build_payload",
@@ -85,10 +98,6 @@ V1_KEYS = (
 #: Key of the manager's choice RNG inside ``dataloader_manager_state``; the top-level
 #: ``choice_rng_state`` is copied from it (one source, no second capture).
 MANAGER_CHOICE_RNG_KEY = "choice_rng"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be used: unreadable, corrupt, truncated or malformed."""
 
 
 class TrainerLike(Protocol):
@@ -251,51 +260,52 @@ def check_plain_types(obj: Any, where: str = "payload") -> None:
     )
 
 
-def write_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+def write_checkpoint(
+    path: str | os.PathLike[str], payload: Mapping[str, Any], *, file_mode: int | None = None
+) -> Path:
     """Write ``payload`` to ``path`` atomically: a reader sees the old file or the whole new one.
+
+    The file carries a checksum of its content (see :mod:`trainer.integrity`).
+
+    Args:
+        path: The file to write.
+        payload: A v1 payload (plain types and tensors only).
+        file_mode: Permission bits of the file; None follows the umask (``0o666 & ~umask``).
 
     Raises:
         TypeError: The payload holds a type that would not load with ``weights_only=True``.
+        CheckpointWriteError: The disk is full, the folder is not writable, ...; earlier files
+            are unchanged.
     """
     path = Path(path)
     check_plain_types(payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(dict(payload), f))
+    with translate_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: save_with_checksum(dict(payload), f), mode=file_mode)
     return path
 
 
-def _short_reason(exc: Exception) -> str:
-    """One line from a torch.load error (its weights_only text suggests an unsafe retry)."""
-    text = " ".join(str(exc).split())
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0].strip()
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` onto the CPU; migrate legacy files.
+    """Read a checkpoint with ``weights_only=True`` onto the CPU, verifying its checksum.
+
+    Files without a checksum load with a WARNING (once per file); legacy files are migrated.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointError: The file is corrupt, truncated or not a v1 payload.
+        CheckpointError: The checksum does not match, the file is corrupt or truncated, holds a
+            type safe loading refuses, or is not a v1 payload.
         ValueError: The file was written by a newer format version.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}; check the path or the checkpoint folder")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"Cannot read checkpoint {path}: {_short_reason(exc)}. The file is corrupt or "
-            "truncated (e.g. a save was interrupted) or holds types that weights_only loading "
-            "refuses; resume from another checkpoint"
-        ) from exc
+    payload, status = load_verified(path)
     if not isinstance(payload, dict):
         raise CheckpointError(f"Checkpoint {path} holds a {type(payload).__name__}, not a dict")
-    if KEY_FORMAT_VERSION not in payload:
+    if KEY_FORMAT_VERSION not in payload:  # a legacy file never has a checksum
         return migrate_legacy_payload(payload, source=str(path))
+    if status is IntegrityStatus.NO_CHECKSUM:
+        note_unverified(path)
     version = payload[KEY_FORMAT_VERSION]
     if type(version) is int and version > FORMAT_VERSION:
         raise ValueError(

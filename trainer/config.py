@@ -112,6 +112,12 @@ class CheckpointConfig:
         allow_overwrite: With auto-resume off, a fresh run refuses a folder that already holds
             checkpoints (another run's files would be overwritten and rotated away); True lets it
             write there anyway.
+        file_mode: Permission bits of new checkpoint files, ``best.json`` and copies, e.g.
+            ``0o600``; None (default) follows the umask like any new file: ``0o666 & ~umask``
+            (``0o644`` under the usual umask 022).
+
+    The folder takes one writer at a time: saving holds an exclusive lock on ``root_dir/.lock``
+    (see :meth:`trainer.manager.CheckpointManager.acquire`); ``fit()`` holds it throughout.
     """
 
     root_dir: Path = attrs.field(default=Path("checkpoints"), converter=to_path)
@@ -134,6 +140,15 @@ class CheckpointConfig:
         default="epoch={epoch:04d}-step={global_step:06d}.ckpt", validator=check_template
     )
     allow_overwrite: bool = attrs.field(default=False, validator=is_bool)
+    file_mode: int | None = attrs.field(default=None)
+
+    @file_mode.validator
+    def _check_file_mode(self, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and (type(value) is not int or not 0 <= value <= 0o777):
+            raise ValueError(
+                f"'{attribute.name}' must be None (follow the umask) or permission bits from 0 to "
+                f"0o777 such as 0o600 or 0o640 (got {value!r})"
+            )
 
     @property
     def tracks_best(self) -> bool:

@@ -1,8 +1,10 @@
 """``python -m trainer inspect PATH [--json]``: a readable summary of one checkpoint file.
 
-Shows the format version, epoch, global step, resume state, the data position (schedule position,
-total batches, per-loader batch index, exhaustion and cycles), the data fingerprint and the size in
-bytes of each top-level field.
+Shows the checksum check, the format version, epoch, global step, resume state, the data position
+(schedule position, total batches, per-loader batch index, exhaustion and cycles), the data
+fingerprint and the size in bytes of each top-level field. A damaged file exits with status 1 after
+saying which check failed: the checksum (stored and computed digests), the zip records whose own
+CRC-32 fails (the pickled structure or which tensor storage), or the load itself.
 
 Example:
     >>> print(format_summary(summarize_checkpoint("checkpoints/latest.ckpt")))  # doctest: +SKIP
@@ -14,6 +16,9 @@ import argparse
 import io
 import json
 import os
+import re
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,10 +34,47 @@ from trainer.checkpoints import (
     KEY_SAVE_TIMESTAMP,
     KEY_SCALER,
     KEY_SCHEDULERS,
+    CheckpointError,
     read_checkpoint,
 )
+from trainer.integrity import check_integrity
 
-__all__ = ["add_inspect_parser", "format_summary", "run_inspect", "summarize_checkpoint"]
+__all__ = [
+    "add_inspect_parser",
+    "damaged_records",
+    "format_summary",
+    "run_inspect",
+    "summarize_checkpoint",
+]
+
+_STORAGE = re.compile(r"(?:.*/)?data/(\d+)")
+
+
+def _record_kind(name: str) -> str:
+    storage = _STORAGE.fullmatch(name)
+    if storage is not None:
+        return f"{name} (tensor storage {storage[1]})"
+    if name.endswith("data.pkl"):
+        return f"{name} (the pickled structure: keys, shapes, plain values)"
+    return name
+
+
+def damaged_records(path: str | os.PathLike[str]) -> list[str]:
+    """Zip records of ``path`` whose own CRC-32 (written by torch.save) fails, described."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return [f"the zip directory itself ({exc})"]
+    damaged = []
+    with archive:
+        for info in archive.infolist():
+            try:
+                with archive.open(info) as record:
+                    while record.read(1 << 20):
+                        pass
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+                damaged.append(f"{_record_kind(info.filename)}: {exc}")
+    return damaged
 
 
 def _saved_size(value: Any) -> int:
@@ -80,6 +122,7 @@ def summarize_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``path`` (weights_only) and return a JSON-friendly summary dict."""
     path = Path(path)
     payload = read_checkpoint(path)
+    integrity = check_integrity(path)
     timestamp = payload.get(KEY_SAVE_TIMESTAMP)
     saved_at = (
         datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
@@ -90,6 +133,7 @@ def summarize_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {
         "path": str(path),
         "file_bytes": path.stat().st_size,
+        "integrity": integrity.to_dict(),
         "format_version": payload.get(KEY_FORMAT_VERSION),
         "saved_at": saved_at,
         "epoch": payload.get("epoch"),
@@ -103,10 +147,42 @@ def summarize_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def _integrity_line(integrity: Mapping[str, Any]) -> str:
+    if integrity["status"] == "verified":
+        return f"checksum verified ({integrity['algorithm']} {integrity['stored']})"
+    if integrity["status"] == "no checksum":
+        return "no checksum (written before checksums were added, or by plain torch.save)"
+    return f"{integrity['status']}: {integrity['detail']}"
+
+
+def diagnose(path: Path) -> dict[str, Any]:
+    """Which checks a damaged file fails: checksum, zip record CRCs (the load error is added)."""
+    report = check_integrity(path)
+    found: dict[str, Any] = {"path": str(path), "integrity": report.to_dict()}
+    found["checksum"] = report.describe()
+    found["damaged_records"] = damaged_records(path) if not report.ok else []
+    return found
+
+
+def _print_diagnosis(found: Mapping[str, Any], error: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({**found, "error": error}, indent=2, default=str))
+        return
+    lines = [f"checkpoint      {found['path']}", f"checksum        {found['checksum']}"]
+    if found["damaged_records"]:
+        lines.append("damaged records (their own CRC-32 fails)")
+        lines += [f"  {record}" for record in found["damaged_records"]]
+    elif not found["integrity"]["ok"]:
+        lines.append("damaged records none: the damage is in zip headers, padding or the directory")
+    lines.append(f"load            failed: {error}")
+    print("\n".join(lines))
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Render :func:`summarize_checkpoint` output as aligned text."""
     lines = [
         f"checkpoint      {summary['path']} ({summary['file_bytes']:,} bytes)",
+        f"integrity       {_integrity_line(summary['integrity'])}",
         f"format version  {summary['format_version']}",
         f"saved at        {summary['saved_at'] or 'unknown'}",
         f"epoch           {summary['epoch']}",
@@ -140,8 +216,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    """Print the summary of ``args.path`` as text or, with ``args.json``, as JSON."""
-    summary = summarize_checkpoint(args.path)
+    """Print the summary of ``args.path`` as text or, with ``args.json``, as JSON.
+
+    A file that does not load gets a diagnosis (which check failed) instead, and the error is
+    raised for the command line to report (exit status 1).
+    """
+    try:
+        summary = summarize_checkpoint(args.path)
+    except CheckpointError as exc:
+        _print_diagnosis(diagnose(Path(args.path)), str(exc), args.json)
+        raise
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:

@@ -16,7 +16,6 @@ import torch
 
 from statefuldata import DataLoaderManager, seed_everything
 from trainer.callbacks import Callback
-from trainer.checkpoints import read_checkpoint
 from trainer.config import GenericTrainerConfig, SchedulerInterval
 from trainer.data import TrainerData, as_list
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
@@ -161,6 +160,8 @@ class GenericTrainer:
         )
         if new:
             self._loop.epoch_iter = None
+        if self.rank == 0:
+            self.checkpoints.acquire()  # one writer per folder, for the whole fit()
         try:
             return self._fit(manager, resume_from_checkpoint, max_epochs)
         except BaseException as exc:
@@ -172,6 +173,8 @@ class GenericTrainer:
             raise
         finally:
             manager.release_workers()  # positions are kept; a later fit() restarts the workers
+            if self.rank == 0:
+                self.checkpoints.release()
 
     def _fit(
         self, manager: DataLoaderManager, resume_from: str | Path | None, max_epochs: int
@@ -348,15 +351,16 @@ class GenericTrainer:
     def _recover_or_resume(self, resume_from: str | Path | None) -> None:
         """Go back to the last checkpoint when an interruption left memory mid-batch, else resume."""
         dirty = self._loop.dirty
-        path = resume_source(
+        found = resume_source(
             self.checkpoints,
             self.config,
             resume_from,
             has_state=self._has_state,
             interrupted=None if dirty is None else dirty.value,
         )
-        if path is not None:
-            self.restore_from_payload(read_checkpoint(path), source=str(path))
+        if found is not None:
+            path, payload = found
+            self.restore_from_payload(payload, source=str(path))
             how = "Went back to" if dirty is not None else "Resumed from"
             (logger.warning if dirty is not None else logger.info)(
                 "%s %s (epoch %d, step %d)", how, path, self.state.epoch, self.state.global_step

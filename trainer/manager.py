@@ -1,4 +1,4 @@
-"""CheckpointManager: checkpoint paths, ``latest``/``best`` entries, rotation and restore.
+"""CheckpointManager: checkpoint paths, ``latest``/``best`` entries, rotation, restore, one writer.
 
 Folder layout (``config.root_dir``)::
 
@@ -6,45 +6,69 @@ Folder layout (``config.root_dir``)::
     latest.ckpt                   # symlink to (or atomic copy of) the newest file
     best.ckpt                     # symlink to (or copy of) the best file by monitor_metric
     best.json                     # the best value, so it survives restarts
+    .lock                         # the writer lock; names the holder while one holds it
 
-Guarantees: files, links and ``best.json`` are replaced atomically: a kill at any moment leaves
-``latest`` on a complete file (``best``, moved after it, at most one save behind). Rotation keeps the
-newest ``max_checkpoints`` files plus the best. Restore without a path takes ``latest`` or the newest
-file that reads, skipping corrupt ones with a WARNING, and raises when none is valid. One writer per
-folder: a new manager removes leftover temp files.
+Guarantees: files, links and ``best.json`` are replaced atomically, in the order file, ``latest``,
+``best.json``, ``best``: a kill at any moment leaves ``latest`` on a complete file and ``best`` at
+most one save behind (the next writer repairs it from ``best.json``). Rotation keeps the newest
+``max_checkpoints`` files by global step plus the best. Every file carries a checksum, verified on
+every read.
+
+Restore without a path takes ``latest`` (the commit point of the last save) when it is valid, else
+the newest valid file by global step, then epoch, as parsed from the file name (never by mtime),
+skipping damaged files with a WARNING; a ``latest`` that points outside ``root_dir``, at itself or
+at a missing file is skipped with a WARNING. It raises when no file is valid.
+
+One writer per folder: writing holds an exclusive lock on ``root_dir/.lock`` (:mod:`trainer.lock`).
+A save takes it for its own duration unless the manager holds it already; a trainer holds it for a
+whole run with :meth:`CheckpointManager.acquire`/:meth:`~CheckpointManager.release` or ``with
+manager.writer():``. A second writer gets :class:`~trainer.errors.CheckpointLockedError` naming the
+holder. Taking the lock removes temp files provably orphaned (written on this host by a process no
+longer running, or by this one) and repairs ``best.ckpt``. Reading (constructing a manager,
+listing, :meth:`~CheckpointManager.find_latest_valid`, restoring) takes no lock and never writes or
+deletes anything.
 
 Example:
     >>> manager = CheckpointManager(CheckpointConfig(root_dir=tmp, max_checkpoints=2))  # doctest: +SKIP
-    >>> manager.save_checkpoint(model=m, optimizers=[o], schedulers=[], scaler=None, epoch=0, global_step=10)
+    >>> with manager.writer():                                                        # doctest: +SKIP
+    ...     manager.save_checkpoint(model=m, optimizers=[o], epoch=0, global_step=10)
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import re
-import string
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from trainer.atomic import atomic_write, copy_atomically, point_link
+from trainer.atomic import copy_atomically, point_link
+from trainer.best import BestTracker
 from trainer.checkpoints import (
     KEY_EPOCH,
     KEY_GLOBAL_STEP,
-    CheckpointError,
     apply_payload,
     build_payload,
     read_checkpoint,
     write_checkpoint,
 )
-from trainer.config import CheckpointConfig, MonitorMode
+from trainer.config import CheckpointConfig
+from trainer.errors import CheckpointWriteError, translate_write_errors
+from trainer.folder import (
+    BEST_NAME,
+    LATEST_NAME,
+    list_checkpoint_files,
+    load_newest_valid,
+    remove_orphaned_temp_files,
+    template_regex,
+)
+from trainer.lock import FolderLock
 from trainer.precision import Precision
 from trainer.resume import ResumeState
 from trainer.rng import capture_rng_states
@@ -52,20 +76,6 @@ from trainer.rng import capture_rng_states
 __all__ = ["CheckpointManager"]
 
 logger = logging.getLogger(__name__)
-
-LATEST_NAME = "latest.ckpt"
-BEST_NAME = "best.ckpt"
-BEST_RECORD_NAME = "best.json"
-
-
-def _template_regex(template: str) -> re.Pattern[str]:
-    parts, named = [], set()
-    for literal, field, _, _ in string.Formatter().parse(template):
-        parts.append(re.escape(literal))
-        if field is not None:
-            parts.append(rf"(?P<{field}>\d+)" if field not in named else r"\d+")
-            named.add(field)
-    return re.compile("".join(parts))
 
 
 def _scaler_state(scaler: Any) -> dict[str, Any] | None:
@@ -81,7 +91,7 @@ class CheckpointManager:
     """Owns a checkpoint folder: writes, ``latest``/``best``, rotation, best tracking, restore.
 
     Args:
-        config: Folder, file names, rotation and best-tracking settings.
+        config: Folder, file names, rotation, best-tracking and permission settings.
 
     Attributes:
         last_payload: The payload last loaded by :meth:`restore_from_checkpoint`, or None.
@@ -89,22 +99,64 @@ class CheckpointManager:
 
     config: CheckpointConfig = attrs.field(validator=attrs.validators.instance_of(CheckpointConfig))
     last_payload: dict[str, Any] | None = attrs.field(init=False, default=None)
-    _best: dict[str, Any] | None = attrs.field(init=False, default=None)
+    _tracker: BestTracker = attrs.field(init=False)
+    _lock: FolderLock = attrs.field(init=False)
+    _save_mutex: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _symlinks: bool = attrs.field(init=False, default=True)
     _pattern: re.Pattern[str] = attrs.field(init=False)
-    _warned_missing_metric: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         self._symlinks = self.config.use_symlinks
-        self._pattern = _template_regex(self.config.filename_template)
+        self._pattern = template_regex(self.config.filename_template)
+        self._tracker = BestTracker(self.config)
+        self._lock = FolderLock(self.root_dir, mode=self.config.file_mode)
         if self.root_dir.is_dir():
-            self._remove_temp_files()
-            self._best = self._read_best_record()
+            self._tracker.load()
 
     @property
     def root_dir(self) -> Path:
         """The checkpoint folder."""
         return self.config.root_dir
+
+    # -- the writer lock --------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Become the folder's one writer until :meth:`release` (reentrant: calls nest).
+
+        The first hold removes provably orphaned temp files, re-reads ``best.json`` and repairs
+        ``best.ckpt``.
+
+        Raises:
+            CheckpointLockedError: Another writer (process, manager or trainer) holds the folder.
+            CheckpointWriteError: The folder or its lock file cannot be created.
+        """
+        if not self._lock.acquire():
+            return
+        try:
+            remove_orphaned_temp_files(self.root_dir)
+            self._tracker.load()
+            self._repair_best_link()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def release(self) -> None:
+        """Give back one :meth:`acquire`; the last one unlocks the folder."""
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[CheckpointManager]:
+        """Hold the writer lock for the block: ``with manager.writer(): ...``."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether this manager holds the folder's writer lock now."""
+        return self._lock.held
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -124,22 +176,8 @@ class CheckpointManager:
         return path if path.exists() else None
 
     def list_checkpoints(self) -> list[Path]:
-        """This manager's checkpoint files (per the template), oldest first by write time."""
-        if not self.root_dir.is_dir():
-            return []
-        found = []
-        for path in self.root_dir.glob("*.ckpt"):
-            match = self._pattern.fullmatch(path.name)
-            if match is None or path.is_symlink() or not path.is_file():
-                continue
-            steps = match.groupdict()
-            key = (
-                path.stat().st_mtime_ns,
-                int(steps.get("global_step", -1)),
-                int(steps.get("epoch", -1)),
-            )
-            found.append((key, path))
-        return [path for _, path in sorted(found)]
+        """This manager's checkpoint files (per the template), oldest first by step, then epoch."""
+        return list_checkpoint_files(self.root_dir, self._pattern)
 
     def has_checkpoints(self) -> bool:
         """Whether the folder holds ``latest.ckpt`` or any checkpoint file (valid or not)."""
@@ -206,21 +244,42 @@ class CheckpointManager:
         global_step: int,
         metrics: Mapping[str, Any] | None,
     ) -> Path:
-        """Write ``payload`` atomically, update best, swap ``latest``, rotate. The one write path."""
-        self.root_dir.mkdir(parents=True, exist_ok=True)
-        path = write_checkpoint(self.path_for(epoch, global_step), payload)
-        self._update_best(path, metrics, epoch=epoch, global_step=global_step)
-        self._point(LATEST_NAME, path)
-        self._rotate(keep=path)
+        """Write ``payload`` atomically, swap ``latest``, update best, rotate. The one write path.
+
+        Holds the writer lock for the save (see :meth:`acquire`).
+
+        Raises:
+            CheckpointLockedError: Another writer holds the folder.
+            CheckpointWriteError: The disk is full or the folder is not writable; every earlier
+                file and ``latest`` are unchanged.
+        """
+        with self.writer(), self._save_mutex:
+            path = write_checkpoint(
+                self.path_for(epoch, global_step), payload, file_mode=self.config.file_mode
+            )
+            self._point(LATEST_NAME, path)
+            record = self._tracker.consider(path, metrics, epoch=epoch, global_step=global_step)
+            if record is not None:
+                self._tracker.write(record)
+                self._point(BEST_NAME, path)
+                logger.info(
+                    "New best checkpoint %s (%s = %s)",
+                    path,
+                    record["monitor_metric"],
+                    record["value"],
+                )
+            self._rotate(keep=path)
         logger.info("Saved checkpoint %s (epoch %d, global step %d)", path, epoch, global_step)
         return path
 
     def _point(self, name: str, target: Path) -> None:
         """Make ``root/name`` refer to ``target`` atomically: a symlink, else a copy."""
-        if self._symlinks and not point_link(self.root_dir / name, target):
-            self._symlinks = False
-        if not self._symlinks:
-            copy_atomically(target, self.root_dir / name)
+        entry = self.root_dir / name
+        with translate_write_errors(entry, "latest/best entry"):
+            if self._symlinks and not point_link(entry, target):
+                self._symlinks = False
+            if not self._symlinks:
+                copy_atomically(target, entry, mode=self.config.file_mode)
 
     def _rotate(self, *, keep: Path) -> None:
         limit = self.config.max_checkpoints
@@ -228,116 +287,43 @@ class CheckpointManager:
             return
         files = self.list_checkpoints()
         protected = {keep.name, *(p.name for p in files[-limit:])}
-        if self._best is not None:
-            protected.add(self._best["file"])
+        if self._tracker.record is not None:
+            protected.add(self._tracker.record["file"])
         for path in files:
             if path.name not in protected:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 logger.debug("Rotated out %s", path)
 
-    def _remove_temp_files(self) -> None:
-        for path in self.root_dir.glob(".*.tmp"):
-            if ".ckpt." in path.name or path.name.startswith(f".{BEST_RECORD_NAME}."):
-                logger.info("Removing %s, left by an interrupted save", path)
-                with contextlib.suppress(OSError):
-                    path.unlink()
-
-    # -- best tracking ----------------------------------------------------------------------
-
-    def _update_best(
-        self, path: Path, metrics: Mapping[str, Any] | None, *, epoch: int, global_step: int
-    ) -> bool:
-        metric = self.config.monitor_metric
-        if not self.config.tracks_best or metric is None:
-            return False
-        if not metrics or metric not in metrics:
-            if metrics and not self._warned_missing_metric:
-                self._warned_missing_metric = True
-                logger.warning(
-                    "monitor_metric %r is not among the saved metrics %s; such checkpoints are not "
-                    "considered for best (check CheckpointConfig.monitor_metric)",
-                    metric,
-                    sorted(metrics),
-                )
-            return False
-        value = float(metrics[metric])
-        if math.isnan(value):
-            return False
-        if self._best is not None:
-            best = self._best["value"]
-            better = value < best if self.config.monitor_mode is MonitorMode.MIN else value > best
-            if not better:
-                return False
-        self._best = {
-            "monitor_metric": metric,
-            "monitor_mode": self.config.monitor_mode.value,
-            "value": value,
-            "file": path.name,
-            "epoch": int(epoch),
-            "global_step": int(global_step),
-        }
-        record = json.dumps(self._best, indent=2).encode()
-        atomic_write(self.root_dir / BEST_RECORD_NAME, lambda f: f.write(record))
-        self._point(BEST_NAME, path)
-        logger.info("New best checkpoint %s (%s = %s)", path, metric, value)
-        return True
+    def _repair_best_link(self) -> None:
+        """Point ``best.ckpt`` at the file ``best.json`` names when a save died between the two."""
+        record = self._tracker.record
+        if record is None:
+            return
+        target, best = self.root_dir / record["file"], self.root_dir / BEST_NAME
+        stale = not best.exists() or (best.is_symlink() and os.readlink(best) != record["file"])
+        if target.is_file() and stale:
+            try:
+                self._point(BEST_NAME, target)
+            except CheckpointWriteError as exc:  # best is a convenience: never block the writer
+                logger.warning("Could not repair %s from %s: %s", best, self._tracker.path, exc)
 
     @property
     def best_value(self) -> float | None:
         """The best monitored value so far (survives restarts via ``best.json``), or None."""
-        return None if self._best is None else self._best["value"]
-
-    def _read_best_record(self) -> dict[str, Any] | None:
-        path = self.root_dir / BEST_RECORD_NAME
-        if not self.config.tracks_best or not path.exists():
-            return None
-        try:
-            record = json.loads(path.read_text())
-            value, file = float(record["value"]), str(record["file"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("Ignoring unreadable %s (%s); best tracking starts afresh", path, exc)
-            return None
-        wanted = (self.config.monitor_metric, self.config.monitor_mode.value)
-        if (record.get("monitor_metric"), record.get("monitor_mode")) != wanted:
-            logger.warning(
-                "%s tracks %s/%s but the config monitors %s/%s; best tracking starts afresh",
-                path,
-                record.get("monitor_metric"),
-                record.get("monitor_mode"),
-                *wanted,
-            )
-            return None
-        record["value"], record["file"] = value, file
-        target, best = self.root_dir / file, self.root_dir / BEST_NAME
-        stale = not best.exists() or (best.is_symlink() and os.readlink(best) != file)
-        if target.is_file() and stale:  # a save died between best.json and best.ckpt
-            self._point(BEST_NAME, target)
-        return record
+        return self._tracker.value
 
     # -- restoring --------------------------------------------------------------------------
 
-    def _load_newest_valid(self) -> tuple[Path, dict[str, Any]] | None:
-        latest = self.root_dir / LATEST_NAME
-        candidates = [latest] if os.path.lexists(latest) else []
-        candidates += reversed(self.list_checkpoints())
-        if not candidates:
-            return None
-        tried, seen = [], set()
-        for path in candidates:
-            real = path.resolve()
-            if real in seen:
-                continue
-            seen.add(real)
-            try:
-                return real, read_checkpoint(path)
-            except (CheckpointError, FileNotFoundError) as exc:
-                logger.warning("Skipping checkpoint %s: %s", path, exc)
-                tried.append(f"{path.name}: {type(exc).__name__}")
-        raise CheckpointError(
-            f"No valid checkpoint in {self.root_dir}: every candidate failed to load ({'; '.join(tried)}). "
-            "Pass checkpoint_path= to a good file, or move this folder away to start from scratch"
-        )
+    def load_latest_valid(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest valid checkpoint and its payload, read (and verified) once; None if none.
+
+        The same choice as :meth:`find_latest_valid`, without reading the file a second time.
+
+        Raises:
+            CheckpointError: Checkpoint files exist but none of them is valid.
+        """
+        return load_newest_valid(self.root_dir, self.list_checkpoints())
 
     def find_latest_valid(self) -> Path | None:
         """The newest checkpoint that reads, or None when the folder holds none at all.
@@ -345,7 +331,7 @@ class CheckpointManager:
         Raises:
             CheckpointError: Checkpoint files exist but none of them is valid.
         """
-        found = self._load_newest_valid()
+        found = self.load_latest_valid()
         return None if found is None else found[0]
 
     def restore_from_checkpoint(
@@ -371,7 +357,7 @@ class CheckpointManager:
             ValueError: Counts differ from the saved ones, or the format version is newer.
         """
         if checkpoint_path is None:
-            found = self._load_newest_valid()
+            found = self.load_latest_valid()
             if found is None:
                 raise FileNotFoundError(
                     f"No checkpoint in {self.root_dir} to resume from; pass checkpoint_path= or "

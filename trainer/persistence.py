@@ -26,6 +26,7 @@ from trainer.checkpoints import (
     CheckpointError,
     apply_payload,
     build_payload,
+    read_checkpoint,
 )
 from trainer.compat import config_differences, describe_differences
 from trainer.config import GenericTrainerConfig
@@ -44,7 +45,6 @@ __all__ = [
     "check_compatible",
     "config_snapshot",
     "gather_data_state",
-    "recovery_source",
     "restore_payload",
     "resume_source",
 ]
@@ -189,36 +189,44 @@ def resume_source(
     *,
     has_state: bool,
     interrupted: str | None = None,
-) -> Path | None:
-    """The file a ``fit()`` resumes from, or None to go on from memory or start fresh.
+) -> tuple[Path, dict[str, Any]] | None:
+    """The file a ``fit()`` resumes from and its payload (read and verified once), or None to go
+    on from memory or to start fresh.
 
-    After an interruption that left memory mid-batch (while ``interrupted``), the newest valid file
-    (:func:`recovery_source`).
-
-    An explicit path wins; ``"latest"`` or auto-resume take the newest valid file of ``root_dir``
-    unless the trainer already holds state. A fresh start into a folder that holds checkpoints is
-    refused unless ``allow_overwrite``.
+    An explicit path wins. After an interruption that left memory mid-batch (while
+    ``interrupted``) it is the newest valid file, which must exist. ``"latest"`` or auto-resume take
+    the newest valid file unless the trainer already holds state. A fresh start into a folder that
+    holds checkpoints is refused unless ``allow_overwrite``.
 
     Raises:
         CheckpointError: The folder holds checkpoints but none is valid.
         FileExistsError: A fresh run would overwrite another run's files.
+        RuntimeError: Memory is mid-batch and there is no checkpoint to go back to.
     """
     if resume_from is not None and str(resume_from) != "latest":
-        return Path(resume_from)
+        return Path(resume_from), read_checkpoint(resume_from)
     if interrupted is not None:
-        return recovery_source(checkpoints, interrupted)
+        found = checkpoints.load_latest_valid()
+        if found is None:
+            raise RuntimeError(
+                f"the last fit() was interrupted while {interrupted}, so the model, optimizer and "
+                f"data position in memory are mid-batch, and {checkpoints.root_dir} holds no "
+                "checkpoint to go back to. Build a new trainer to start over, or set "
+                "CheckpointConfig(save_every_n_steps=N) so that there is one to go back to"
+            )
+        return found
     preemption = config.preemption
     wanted = resume_from == "latest" or (preemption.auto_resume and preemption.resume_from_latest)
     if has_state or not checkpoints.has_checkpoints():
         return None
     if wanted:
-        path = checkpoints.find_latest_valid()
-        if path is None:
+        found = checkpoints.load_latest_valid()
+        if found is None:
             raise CheckpointError(
                 f"{checkpoints.root_dir} holds checkpoints but none is readable; refusing to "
                 "train from scratch. Move the folder away to start fresh"
             )
-        return path
+        return found
     if not config.checkpoint.allow_overwrite:
         raise FileExistsError(
             f"{checkpoints.root_dir} already holds checkpoints and this run starts fresh "
@@ -227,23 +235,6 @@ def resume_source(
             "root_dir, or pass CheckpointConfig(allow_overwrite=True) to write there anyway"
         )
     return None
-
-
-def recovery_source(checkpoints: CheckpointManager, doing: str) -> Path:
-    """The file to go back to after an interruption left memory mid-batch (while ``doing``).
-
-    Raises:
-        RuntimeError: There is no checkpoint to go back to.
-    """
-    path = checkpoints.find_latest_valid()
-    if path is None:
-        raise RuntimeError(
-            f"the last fit() was interrupted while {doing}, so the model, optimizer and data "
-            f"position in memory are mid-batch, and {checkpoints.root_dir} holds no checkpoint to "
-            "go back to. Build a new trainer to start over, or set "
-            "CheckpointConfig(save_every_n_steps=N) so that there is one to go back to"
-        )
-    return path
 
 
 @attrs.define(eq=False)

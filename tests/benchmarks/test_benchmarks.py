@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("restore", "sampler", "scheduler", "trainer", "state_size")
+BENCHMARKS = ("restore", "sampler", "scheduler", "trainer", "state_size", "checkpoint")
 TIMEOUT_S = 240
 
 

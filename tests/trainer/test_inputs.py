@@ -243,3 +243,24 @@ def test_a_sharded_iterable_with_workers_that_under_reports_is_warned(caplog) ->
     manager.close()
     assert len(batches) == 14
     assert "declares 7 batches (len) but its pass yielded 8" in caplog.text
+
+
+def test_a_second_fit_on_the_same_folder_is_refused_while_the_first_runs(tmp_path) -> None:
+    from trainer import Callback, CheckpointLockedError
+
+    refusals: list[str] = []
+
+    class SecondWriter(Callback):
+        def on_optimizer_step(self, trainer) -> None:
+            if trainer.state.global_step == 2:
+                other = linear_trainer(tmp_path)
+                with pytest.raises(CheckpointLockedError) as caught:
+                    other.fit([eight_batches()], max_epochs=1)
+                refusals.append(str(caught.value))
+
+    first = linear_trainer(tmp_path, callbacks=(SecondWriter(),))
+    assert first.fit([eight_batches()], max_epochs=1).status == "completed"
+    assert len(refusals) == 1 and str(tmp_path) in refusals[0]
+    assert "pid" in refusals[0]
+    again = linear_trainer(tmp_path)  # released when the first fit() returned
+    assert again.fit([eight_batches()], max_epochs=2).status == "completed"

@@ -15,6 +15,7 @@ import torch
 
 from trainer.checkpoints import CheckpointError, build_payload, read_checkpoint
 from trainer.config import CheckpointConfig
+from trainer.lock import LOCK_NAME
 from trainer.manager import CheckpointManager
 from trainer.resume import ResumeState
 
@@ -74,7 +75,8 @@ def make_manager(root: Path, **kwargs) -> CheckpointManager:
 
 
 def names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir())
+    """The folder's entries, less the writer lock file every save creates."""
+    return sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME)
 
 
 def test_save_writes_a_named_file_and_latest_links_to_it(tmp_path: Path) -> None:
@@ -83,6 +85,8 @@ def test_save_writes_a_named_file_and_latest_links_to_it(tmp_path: Path) -> None
     path = run.save(manager, 150)
     assert path == tmp_path / "epoch=0015-step=000150.ckpt" == manager.path_for(15, 150)
     assert names(tmp_path) == ["epoch=0015-step=000150.ckpt", "latest.ckpt"]
+    assert (tmp_path / LOCK_NAME).read_bytes() == b""  # taken for the save, released after it
+    assert not manager.holds_lock
     assert os.readlink(tmp_path / "latest.ckpt") == path.name
     assert manager.latest_path() == tmp_path / "latest.ckpt" and manager.best_path() is None
     assert manager.list_checkpoints() == [path]
@@ -129,17 +133,22 @@ def test_best_survives_a_restart(tmp_path: Path) -> None:
     assert not best.exists()  # no longer best, rotated out
 
 
-def test_best_link_is_repaired_from_best_json_on_start(tmp_path: Path) -> None:
+def test_best_link_is_repaired_from_best_json_when_a_writer_starts(tmp_path: Path) -> None:
     run = Run()
     manager = make_manager(tmp_path, monitor_metric="loss")
     best = run.save(manager, 1, {"loss": 0.1})
     other = run.save(manager, 2, {"loss": 0.5})
     (tmp_path / "best.ckpt").unlink()
-    make_manager(tmp_path, monitor_metric="loss")
+    reader = make_manager(tmp_path, monitor_metric="loss")
+    assert not os.path.lexists(tmp_path / "best.ckpt")  # constructing a manager writes nothing
+    with reader.writer():
+        assert reader.holds_lock
     assert os.readlink(tmp_path / "best.ckpt") == best.name
     os.replace(tmp_path / "latest.ckpt", tmp_path / "best.ckpt")  # best.ckpt -> other file
     assert os.readlink(tmp_path / "best.ckpt") == other.name
-    make_manager(tmp_path, monitor_metric="loss")
+    repairer = make_manager(tmp_path, monitor_metric="loss")
+    repairer.acquire()
+    repairer.release()
     assert os.readlink(tmp_path / "best.ckpt") == best.name
 
 
@@ -308,14 +317,6 @@ def test_payload_is_written_as_is_and_foreign_files_are_left_alone(tmp_path: Pat
         manager.save_checkpoint(epoch=0, global_step=1)
 
 
-def test_leftover_temp_files_are_removed_on_start(tmp_path: Path) -> None:
-    (tmp_path / ".epoch=0000-step=000003.ckpt.abc.tmp").write_bytes(b"half")
-    (tmp_path / ".best.json.x.tmp").write_bytes(b"{")
-    (tmp_path / ".other.tmp").write_bytes(b"not ours")
-    make_manager(tmp_path)
-    assert names(tmp_path) == [".other.tmp"]
-
-
 CHILD = textwrap.dedent(
     """
     import sys, torch
@@ -372,9 +373,13 @@ def test_kill_9_during_saves_leaves_latest_complete(tmp_path: Path, caplog) -> N
         manager = make_manager(tmp_path, max_checkpoints=2, monitor_metric="loss")
         assert manager.find_latest_valid() == (tmp_path / "latest.ckpt").resolve()
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
         # best is a second pointer, moved after latest: a kill between the two leaves it one save
         # behind, still a complete file (the metric, 1/step, improves with every save)
+        assert read_checkpoint(manager.best_path())["global_step"] in (step - 1, step)
+        with manager.writer():  # the killed child's temp files are orphans: the writer removes them
+            assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert all(w.startswith(f"Taking over the lock of {tmp_path}") for w in warnings)
         assert read_checkpoint(manager.best_path())["global_step"] in (step - 1, step)
         model = torch.nn.Linear(2, 2)
         model.register_buffer("big", torch.zeros(4_000_000))

@@ -1,0 +1,218 @@
+"""Checksums: every written file carries one, every entry point verifies it, damage is named."""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import traceback
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import trainer.integrity as integrity
+from trainer.__main__ import main
+from trainer.checkpoints import (
+    CheckpointError,
+    build_payload,
+    load_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
+from trainer.config import CheckpointConfig
+from trainer.integrity import IntegrityStatus, check_integrity
+from trainer.manager import CheckpointManager
+from trainer.resume import ResumeState
+
+BIG = "big"
+
+
+def payload(step: int, fill: float | None = None) -> dict:
+    torch.manual_seed(step)
+    model = torch.nn.Linear(4, 3)
+    model.register_buffer(BIG, torch.randn(64, 1024) if fill is None else torch.full((8,), fill))
+    return build_payload(
+        model=model,
+        optimizers=[],
+        schedulers=[],
+        scaler_state=None,
+        rng_states=None,
+        dataloader_manager_state=None,
+        resume_state=ResumeState(global_step=step),
+        epoch=0,
+        global_step=step,
+    )
+
+
+def record_span(path: Path, suffix: str) -> tuple[int, int]:
+    """(offset, size) of the data of the zip record whose name ends with ``suffix``."""
+    with zipfile.ZipFile(path) as archive:
+        infos = [i for i in archive.infolist() if i.filename.endswith(suffix)]
+        assert len(infos) == 1, [i.filename for i in archive.infolist()]
+        info = infos[0]
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def storage_record(path: Path) -> str:
+    """The record name of the largest tensor storage (the 64 x 1024 buffer)."""
+    with zipfile.ZipFile(path) as archive:
+        return max(archive.infolist(), key=lambda i: i.file_size).filename
+
+
+def damage(path: Path, kind: str) -> None:
+    data = bytearray(path.read_bytes())
+    rng = random.Random(kind)
+    if kind in ("1 bit", "100 bits", "4 KiB zeroed"):
+        start, size = record_span(path, storage_record(path))
+    elif kind == "structure":
+        start, size = record_span(path, "data.pkl")
+    else:  # the central directory, between the last record and the end record
+        start = data.rfind(b"PK\x01\x02")
+        size = 46
+    if kind == "4 KiB zeroed":
+        offset = start + rng.randrange(0, size - 4096)
+        data[offset : offset + 4096] = bytes(4096)
+    else:
+        for bit in rng.sample(range(size * 8), 100 if kind == "100 bits" else 1):
+            data[start + bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+
+
+class Trainer:
+    def checkpoint_payload(self) -> dict:
+        raise NotImplementedError
+
+    def restore_from_payload(self, payload: dict) -> int:
+        return payload["global_step"]
+
+
+def test_written_files_carry_a_checksum_and_load_with_plain_torch_load(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path / "a.ckpt", payload(3))
+    report = check_integrity(path)
+    assert report.status is IntegrityStatus.VERIFIED and report.algorithm == "crc32"
+    assert report.stored == report.computed and len(report.stored) == 8
+    assert report.covered_bytes == path.stat().st_size - len(zipfile.ZipFile(path).comment)
+    assert (
+        zipfile.ZipFile(path).comment == f"statefuldata-checksum v1 crc32 {report.stored}".encode()
+    )
+    assert zipfile.ZipFile(path).testzip() is None  # torch's own record CRCs still hold
+    expected = payload(3)["model_state_dict"][BIG]
+    for mmap in (False, True):
+        loaded = torch.load(path, weights_only=True, mmap=mmap)
+        assert torch.equal(loaded["model_state_dict"][BIG], expected)
+    assert torch.equal(read_checkpoint(path)["model_state_dict"][BIG], expected)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_large_files_are_hashed_in_a_thread_with_the_same_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded: bool
+) -> None:
+    if threaded:  # the fsync and load overlap paths, without writing 16 MiB
+        monkeypatch.setattr(integrity, "OVERLAP_BYTES", 1)
+    path = write_checkpoint(tmp_path / "a.ckpt", payload(5))
+    assert check_integrity(path).status is IntegrityStatus.VERIFIED
+    assert read_checkpoint(path)["global_step"] == 5
+    damage(path, "1 bit")
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        read_checkpoint(path)
+
+
+DAMAGE = ["1 bit", "100 bits", "4 KiB zeroed", "structure", "directory"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damage_is_caught_by_every_entry_point(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    manager = CheckpointManager(CheckpointConfig(root_dir=tmp_path))
+    good = manager.save_checkpoint(payload=payload(1))
+    bad = manager.save_checkpoint(payload=payload(2))
+    damage(bad, kind)
+    report = check_integrity(bad)
+    assert report.status is IntegrityStatus.MISMATCH and report.stored != report.computed
+    pattern = (
+        rf"Cannot read checkpoint {bad}: checksum mismatch: crc32 stored .* corrupt or truncated"
+    )
+    with pytest.raises(CheckpointError, match=pattern):
+        read_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(bad, Trainer())
+    with caplog.at_level(logging.WARNING):
+        assert manager.find_latest_valid() == good.resolve()
+        model = torch.nn.Linear(4, 3)
+        model.register_buffer(BIG, torch.zeros(64, 1024))
+        assert manager.restore_from_checkpoint(model, [], [])[1] == 1
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert skipped and all("Skipping checkpoint" in m and "checksum mismatch" in m for m in skipped)
+    assert torch.equal(model.big, payload(1)["model_state_dict"][BIG])
+    capsys.readouterr()
+    assert main(["inspect", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"checksum        checksum mismatch: crc32 stored {report.stored}, computed" in out
+    if kind in ("1 bit", "100 bits", "4 KiB zeroed"):
+        assert f"{storage_record(bad)} (tensor storage" in out and "Bad CRC-32" in out
+    elif kind == "structure":
+        assert "data.pkl (the pickled structure" in out
+
+
+def test_damaged_end_and_unknown_algorithm_are_named(tmp_path: Path, capsys) -> None:
+    path = write_checkpoint(tmp_path / "a.ckpt", payload(1))
+    data = path.read_bytes()
+    path.write_bytes(data[:-3] + bytes([data[-3] ^ 0x40]) + data[-2:])  # a digest char not hex
+    with pytest.raises(CheckpointError, match=r"damaged or truncated end of file: the zip end"):
+        read_checkpoint(path)
+    path.write_bytes(data[:-30])
+    with pytest.raises(CheckpointError, match=r"damaged or truncated end of file.*corrupt"):
+        read_checkpoint(path)
+    assert main(["inspect", str(path), "--json"]) == 1
+    assert '"status": "damaged or truncated end of file"' in capsys.readouterr().out
+    path.write_bytes(data.replace(b" crc32 ", b" crc64 "))
+    with pytest.raises(CheckpointError, match=r"unknown checksum algorithm: 'crc64'.*upgrade"):
+        read_checkpoint(path)
+    path.write_bytes(data.replace(b"checksum v1 ", b"checksum v2 "))
+    with pytest.raises(CheckpointError, match=r"checksum format v2 \(this version reads v1\)"):
+        read_checkpoint(path)
+
+
+def test_files_without_a_checksum_load_with_one_warning(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "old.ckpt"
+    torch.save(payload(4), path)  # as every file written before checksums
+    assert check_integrity(path).status is IntegrityStatus.NO_CHECKSUM
+    with caplog.at_level(logging.WARNING):
+        assert read_checkpoint(path)["global_step"] == 4
+        assert read_checkpoint(path)["global_step"] == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "carries no checksum" in warnings[0] and str(path) in warnings[0]
+
+
+class Custom:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "blocked"),
+    [
+        (np.zeros(3), r"numpy\.(_core|core)\.multiarray\._reconstruct"),
+        (np.float64(1.5), r"numpy\.(_core|core)\.multiarray\.scalar"),
+        (Custom(), r"\S*test_integrity\.Custom"),
+    ],
+)
+def test_forbidden_pickles_name_the_global_and_never_suggest_unsafe_loading(
+    tmp_path: Path, value: object, blocked: str
+) -> None:
+    path = tmp_path / "unsafe.ckpt"
+    torch.save({**payload(1), "metrics_history": {"x": value}}, path)
+    with pytest.raises(
+        CheckpointError, match=rf"holds a pickled {blocked}.*torch\.from_numpy"
+    ) as info:
+        read_checkpoint(path)
+    text = "".join(traceback.format_exception(info.value))  # the whole traceback a user sees
+    assert "weights_only=False" not in text and "weights_only` set to `False" not in text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
