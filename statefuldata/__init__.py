@@ -6,6 +6,7 @@ its place in a schedule it can rebuild, and every state loads with ``torch.load(
 
 from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
+from statefuldata.epochs import current_epoch
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.fallback import SkipFallback
 from statefuldata.loader import (
@@ -47,6 +48,7 @@ __all__ = [
     "StatefulSampler",
     "checkpointable",
     "close_loader",
+    "current_epoch",
     "derive_seed",
     "make_loader",
     "sample_rng",
