@@ -6,6 +6,7 @@ its place in a schedule it can rebuild, and every state loads with ``torch.load(
 
 from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
+from statefuldata.diagnose import Difference
 from statefuldata.epochs import current_epoch
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.fallback import SkipFallback
@@ -16,9 +17,11 @@ from statefuldata.loader import (
 )
 from statefuldata.manager import DataLoaderManager, EpochIterator, PhaseLoader
 from statefuldata.permutation import FeistelPermutation
+from statefuldata.persample import seeded_call
 from statefuldata.protocols import CheckpointableIterable, StatefulSampler
 from statefuldata.samplers import SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, sample_rng, seed_everything, seed_worker
+from statefuldata.shuffle import ShuffleBuffer
 from statefuldata.spec import LoaderSpec, PipelineSpec
 from statefuldata.state import DataLoaderState
 from statefuldata.testing import Mismatch, ResumeMismatchError, ResumeReport, verify_resume
@@ -28,6 +31,7 @@ __all__ = [
     "CheckpointableIterable",
     "DataLoaderManager",
     "DataLoaderState",
+    "Difference",
     "EpochIterator",
     "EpochLengthPolicy",
     "FeistelPermutation",
@@ -42,6 +46,7 @@ __all__ = [
     "SamplingStrategy",
     "SeededStatefulDataLoader",
     "SequentialSampler",
+    "ShuffleBuffer",
     "ShuffledSampler",
     "SkipBatchesLoader",
     "SkipFallback",
@@ -54,5 +59,6 @@ __all__ = [
     "sample_rng",
     "seed_everything",
     "seed_worker",
+    "seeded_call",
     "verify_resume",
 ]

@@ -15,9 +15,11 @@ from torch.utils.data import get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from statefuldata.epochs import EpochView, epoch_aware, report_epoch
+from statefuldata.persample import PER_SAMPLE_SEED_DEFAULT, per_sample_seeded
 from statefuldata.protocols import StatefulSampler
 from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
+from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]
@@ -250,6 +252,8 @@ def make_loader(
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    per_sample_seed: bool = PER_SAMPLE_SEED_DEFAULT,
+    shuffle_buffer_size: int | None = None,
     **dataloader_kwargs: Any,
 ) -> StatefulDataLoader:
     """Build a ``StatefulDataLoader`` whose state is exact at every batch and O(1) to restore.
@@ -258,6 +262,13 @@ def make_loader(
     strided over ``rank``/``world_size``; iterables go through :func:`checkpointable` (their own state,
     or the skip fallback). Workers are seeded from ``(seed, epoch, rank, worker_id)`` and the loader's
     generator from ``(seed, rank)``. A ``sampler=`` you pass is used as is (``shuffle`` must stay False).
+
+    An iterable is shuffled with ``shuffle=True, shuffle_buffer_size=N``: a :class:`ShuffleBuffer`
+    of N items, exactly resumable. ``per_sample_seed=True`` seeds the Python, numpy and torch global
+    RNGs from the sample around each read (``derive_seed(seed, epoch, index)`` for map-style data),
+    so augmentations drawn from them survive resumes and worker counts (see
+    :mod:`statefuldata.persample`; off by default for its cost). Inside a worker,
+    :func:`statefuldata.current_epoch` gives the epoch, e.g. for ``sample_rng(seed, epoch, index)``.
 
     Example:
         >>> loader = make_loader(list(range(10)), batch_size=4, shuffle=True, seed=1)
@@ -287,6 +298,11 @@ def make_loader(
         )
     data = checkpointable(dataset)
     map_style = is_map_style(data)
+    check_shuffle_request(
+        dataset, map_style=map_style, shuffle=shuffle, shuffle_buffer_size=shuffle_buffer_size
+    )
+    if not isinstance(per_sample_seed, bool):
+        raise TypeError(f"'per_sample_seed' must be True or False (got {per_sample_seed!r})")
     if map_style:
         if sampler is None:
             if shuffle:
@@ -304,11 +320,15 @@ def make_loader(
                 "SequentialSampler, or implement the two methods.",
                 type(sampler).__name__,
             )
-    elif shuffle or sampler is not None:
+    elif sampler is not None:
         raise ValueError(
-            f"shuffle and sampler apply to map-style datasets; {type(dataset).__name__} is iterable "
-            "and orders its own items. Shuffle inside the iterable (seeded) instead"
+            f"sampler applies to map-style datasets; {type(dataset).__name__} is iterable "
+            "and orders its own items. Shuffle it with shuffle=True, shuffle_buffer_size=N instead"
         )
+    if per_sample_seed:
+        data = per_sample_seeded(data, seed=seed, rank=rank, map_style=map_style)
+    if shuffle_buffer_size is not None:
+        data = ShuffleBuffer(data, shuffle_buffer_size, seed=seed, rank=rank)
     seeder = _WorkerSeeder(
         seed=seed, rank=rank, user_fn=dataloader_kwargs.pop("worker_init_fn", None)
     )

@@ -118,7 +118,7 @@ def test_user_sampler_used_as_is_and_conflicts_are_errors() -> None:
         make_loader(Ids(10), shuffle=True, sampler=sampler)
     with pytest.raises(
         ValueError,
-        match=r"shuffle and sampler apply to map-style datasets; PlainStream is iterable",
+        match=r"shuffle=True on PlainStream, an iterable dataset, needs shuffle_buffer_size=N",
     ):
         make_loader(PlainStream(10), shuffle=True)
 
