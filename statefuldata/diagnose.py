@@ -81,24 +81,39 @@ def _is_id(key: str | None, leaf: Any) -> bool:
     return False
 
 
+def _scalar(x: Any) -> bool:
+    return not isinstance(x, (dict, list, tuple, torch.Tensor, np.ndarray))
+
+
 def _leaves(a: Any, b: Any, key: str | None = None) -> Iterator[tuple[bool, bool]]:
-    """``(id_like, differs)`` for each pair of leaves; raises :class:`_Shape` on another structure."""
+    """``(id_like, differs)`` for each pair of leaves; raises :class:`_Shape` on another structure.
+
+    A different number of samples (lists of scalars of other lengths, tensors differing in their
+    first dimension only) counts as other samples: an id-like difference.
+    """
     if isinstance(a, dict) or isinstance(b, dict):
         if not (isinstance(a, dict) and isinstance(b, dict)) or a.keys() != b.keys():
             raise _Shape
         for k in a:
             yield from _leaves(a[k], b[k], str(k))
     elif isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        if type(a) is not type(b) or len(a) != len(b):
+        if type(a) is not type(b):
             raise _Shape
-        if all(not isinstance(x, (dict, list, tuple, torch.Tensor, np.ndarray)) for x in a):
-            yield _is_id(key, a[0] if a else None), a != b  # a list of scalars is one leaf
-            return
-        for x, y in zip(a, b):
-            yield from _leaves(x, y, key)
+        if all(map(_scalar, a)) and all(map(_scalar, b)):  # a list of scalars is one leaf
+            yield len(a) != len(b) or _is_id(key, a[0] if a else None), a != b
+        elif len(a) != len(b):
+            raise _Shape
+        else:
+            for x, y in zip(a, b):
+                yield from _leaves(x, y, key)
     elif isinstance(a, (torch.Tensor, np.ndarray)) or isinstance(b, (torch.Tensor, np.ndarray)):
-        if type(a) is not type(b) or a.shape != b.shape or a.dtype != b.dtype:
+        if type(a) is not type(b) or a.dtype != b.dtype or a.ndim != b.ndim:
             raise _Shape
+        if a.shape != b.shape:
+            if a.ndim == 0 or a.shape[1:] != b.shape[1:]:
+                raise _Shape
+            yield True, True
+            return
         same = bool(torch.equal(a, b)) if isinstance(a, torch.Tensor) else np.array_equal(a, b)
         yield _is_id(key, a), not same
     else:
