@@ -32,6 +32,8 @@ BENCHMARKS: dict[str, str] = {
     "scheduler": "benchmarks.scheduler",
     "trainer": "benchmarks.trainer_step",
     "state_size": "benchmarks.state_size",
+    "per_sample_seed": "benchmarks.per_sample",
+    "shuffle_buffer": "benchmarks.shuffle_buffer",
 }
 
 

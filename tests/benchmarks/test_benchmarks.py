@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("restore", "sampler", "scheduler", "trainer", "state_size")
+BENCHMARKS = (
+    "restore",
+    "sampler",
+    "scheduler",
+    "trainer",
+    "state_size",
+    "per_sample_seed",
+    "shuffle_buffer",
+)
 TIMEOUT_S = 240
 
 
