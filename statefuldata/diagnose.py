@@ -70,14 +70,12 @@ def _is_id(key: str | None, leaf: Any) -> bool:
         return True
     if isinstance(leaf, (str, bytes)) or (isinstance(leaf, int) and not isinstance(leaf, bool)):
         return True
-    if isinstance(leaf, (torch.Tensor, np.ndarray)):
+    if isinstance(leaf, torch.Tensor):
         dtype = leaf.dtype
-        integer = (
-            not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
-            if isinstance(leaf, torch.Tensor)
-            else np.issubdtype(dtype, np.integer)
-        )
-        return bool(integer) and leaf.ndim <= 1
+        integer = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+        return integer and leaf.ndim <= 1
+    if isinstance(leaf, np.ndarray):
+        return bool(np.issubdtype(leaf.dtype, np.integer)) and leaf.ndim <= 1
     return False
 
 
