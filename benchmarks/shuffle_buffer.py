@@ -250,7 +250,7 @@ def run(settings: Settings) -> BenchmarkResult:
                     y=[r["refilling"] for r in quality],
                 ),
                 Series(
-                    label="full shuffle",
+                    label="full shuffle (about n/3)",
                     x=[r["buffer"] for r in quality],
                     y=[r["full"] for r in quality],
                 ),
