@@ -22,10 +22,11 @@ persistent ones included, and restored with the loader's state); outside a loade
 Users who draw from :func:`statefuldata.sample_rng` instead get the same epoch inside a worker from
 ``current_epoch()``: ``sample_rng(seed, current_epoch(), index)``.
 
-Cost: about 0.1 ms per sample on a laptop-class core, most of it saving and restoring numpy's
-legacy global state and deriving the seed (``python -m benchmarks per_sample_seed`` measures it
-against a 50 µs item). That is far over a 5% budget, so the option is off by default and
-``verify_resume`` names it when a resumed run differs only in tensor values.
+Cost: about 0.1 ms per sample (``python -m benchmarks per_sample_seed``: 92 µs for the RNG work
+alone, 130 µs added per item in a loader, of which saving and restoring numpy's legacy global state
+is 73 µs and deriving the seed 10 µs). Against a 50 µs item that is far over a 5% budget, so the
+option is off by default, and ``verify_resume`` names it when a resumed run differs only in tensor
+values. For items of a few milliseconds (image decoding) it costs a few percent.
 """
 
 from __future__ import annotations

@@ -115,7 +115,11 @@ class ShuffleBuffer(IterableDataset):
 
     Resume guarantee: after ``load_state_dict(state_dict())`` the remaining items equal the
     uninterrupted run's, exactly, in every worker. Restore cost: the upstream restore plus reading at
-    most one window (``buffer_size`` items); memory holds at most one window.
+    most one window (``buffer_size`` items), whatever the position; memory holds at most one window.
+    Measured (``python -m benchmarks shuffle_buffer``: 1 µs items, batch 64, 0 workers, restore to
+    the first batch at 640,000 items in): about 1.4 ms for B = 256, 8 ms for B = 4096 and 80 ms for
+    B = 65,536 over a stream with an O(1) state, where the skip fallback takes 0.7 s; over a plain
+    stream the restore is the skip fallback's plus one window.
 
     Quality against a full shuffle (``python -m benchmarks shuffle_buffer`` measures it): an item
     moves on average ``buffer_size / 3`` places from its stream position (0.33 B measured for B =
