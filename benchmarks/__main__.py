@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, str] = {
     "trainer": "benchmarks.trainer_step",
     "state_size": "benchmarks.state_size",
     "checkpoint": "benchmarks.checkpoint",
+    "per_sample_seed": "benchmarks.per_sample",
+    "shuffle_buffer": "benchmarks.shuffle_buffer",
 }
 
 

@@ -6,6 +6,8 @@ its place in a schedule it can rebuild, and every state loads with ``torch.load(
 
 from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
+from statefuldata.diagnose import Difference
+from statefuldata.epochs import current_epoch
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.fallback import SkipFallback
 from statefuldata.loader import (
@@ -15,9 +17,11 @@ from statefuldata.loader import (
 )
 from statefuldata.manager import DataLoaderManager, EpochIterator, PhaseLoader
 from statefuldata.permutation import FeistelPermutation
+from statefuldata.persample import seeded_call
 from statefuldata.protocols import CheckpointableIterable, StatefulSampler
 from statefuldata.samplers import SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, sample_rng, seed_everything, seed_worker
+from statefuldata.shuffle import ShuffleBuffer
 from statefuldata.spec import LoaderSpec, PipelineSpec
 from statefuldata.state import DataLoaderState
 from statefuldata.testing import Mismatch, ResumeMismatchError, ResumeReport, verify_resume
@@ -27,6 +31,7 @@ __all__ = [
     "CheckpointableIterable",
     "DataLoaderManager",
     "DataLoaderState",
+    "Difference",
     "EpochIterator",
     "EpochLengthPolicy",
     "FeistelPermutation",
@@ -41,16 +46,19 @@ __all__ = [
     "SamplingStrategy",
     "SeededStatefulDataLoader",
     "SequentialSampler",
+    "ShuffleBuffer",
     "ShuffledSampler",
     "SkipBatchesLoader",
     "SkipFallback",
     "StatefulSampler",
     "checkpointable",
     "close_loader",
+    "current_epoch",
     "derive_seed",
     "make_loader",
     "sample_rng",
     "seed_everything",
     "seed_worker",
+    "seeded_call",
     "verify_resume",
 ]

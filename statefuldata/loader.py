@@ -14,11 +14,15 @@ from typing import Any
 
 import attrs
 import torch
+from torch.utils.data import get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from statefuldata.epochs import EpochView, epoch_aware, report_epoch
+from statefuldata.persample import PER_SAMPLE_SEED_DEFAULT, per_sample_seeded
 from statefuldata.protocols import StatefulSampler
-from statefuldata.samplers import SequentialSampler, ShuffledSampler
+from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
+from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]
@@ -48,7 +52,11 @@ def _ignore_signals(names: tuple[str, ...]) -> None:
 
 @attrs.define(eq=False)
 class _WorkerSeeder:
-    """Picklable ``worker_init_fn``: seeds a worker from ``(seed, epoch, rank, worker_id)``."""
+    """Picklable ``worker_init_fn``: seeds a worker from ``(seed, epoch, rank, worker_id)``.
+
+    The epoch is the one the main process published for this pass (see :mod:`statefuldata.epochs`);
+    ``epoch`` is the fallback for datasets that are not wrapped in an epoch view.
+    """
 
     seed: int
     rank: int
@@ -58,7 +66,15 @@ class _WorkerSeeder:
 
     def __call__(self, worker_id: int) -> None:
         _ignore_signals(self.ignored_signals)
-        seed_worker(worker_id, seed=self.seed, epoch=self.epoch, rank=self.rank)
+        info = get_worker_info()
+        view = getattr(info, "dataset", None)
+        view = view if isinstance(view, EpochView) else None
+        epoch = self.epoch if view is None else view.channel.read()[1]
+        seed_worker(worker_id, seed=self.seed, epoch=epoch, rank=self.rank)
+        if view is not None:
+            view.worker_started()
+        else:
+            report_epoch(epoch)
         if self.user_fn is not None:
             self.user_fn(worker_id)
 
@@ -131,11 +147,18 @@ _RETIRED_CLASSES: dict[type, type] = {}
 
 
 class SeededStatefulDataLoader(StatefulDataLoader):
-    """A ``StatefulDataLoader`` that knows its pass index (epoch) for seeding its workers.
+    """A ``StatefulDataLoader`` that knows the epoch of each pass and tells its workers.
 
-    Each new pass (``iter()`` that is not a restore) increments the epoch that the workers are seeded
-    with; the epoch travels in the state under ``KEY_EPOCH`` so a resumed pass seeds its workers as
-    the original did.
+    The epoch of a new pass is, in this order: the one recorded in a loaded state (a resumed pass
+    keeps its epoch); else the epoch its sampler resolves for the pass (for the samplers of this
+    package, which follow ``sampler.set_epoch``); else the one given to :meth:`set_epoch`; else the
+    previous pass's plus one. Before the pass starts it is published to the workers (fresh or
+    persistent), which seed their RNGs from it, report it from :func:`statefuldata.current_epoch`
+    and forward it to ``dataset.set_epoch``. It travels in the state under ``KEY_EPOCH``.
+
+    With ``persistent_workers=True`` a pass that ran to its end is followed by the next one on the
+    same workers; a pass abandoned midway is followed by fresh workers (its prefetched work must not
+    leak into the next pass).
     """
 
     KEY_EPOCH = "statefuldata_epoch"
@@ -144,11 +167,41 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         super().__init__(*args, **kwargs)
         self._epoch = -1
         self._restored_epoch: int | None = None
+        self._requested: int | None = None
 
     @property
     def epoch(self) -> int:
         """Pass index of the current (or last) iterator; -1 before the first."""
         return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the next pass (torch's convention); a pass in flight is not touched.
+
+        Forwarded to the sampler when it has ``set_epoch``. A loaded state still resumes its own
+        epoch (see :meth:`ShuffledSampler.set_epoch <statefuldata.ShuffledSampler.set_epoch>`).
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        set_sampler_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_sampler_epoch):
+            set_sampler_epoch(epoch)
+        self._requested = epoch
+
+    def _next_epoch(self) -> int:
+        requested, self._requested = self._requested, None
+        if self.next_iter_state is not None and self._restored_epoch is not None:
+            epoch, self._restored_epoch = self._restored_epoch, None
+            return epoch
+        if isinstance(self.sampler, PositionSampler):
+            return self.sampler.next_epoch
+        return requested if requested is not None else self._epoch + 1
+
+    def _start_pass(self, epoch: int) -> None:
+        self._epoch = epoch
+        if isinstance(self.worker_init_fn, _WorkerSeeder):
+            self.worker_init_fn.epoch = epoch
+        if isinstance(self.dataset, EpochView):
+            self.dataset.channel.publish(epoch)
 
     def _shutdown_current(self) -> None:
         """Retire the current iterator: stop its workers and make it raise if used again.
@@ -169,14 +222,49 @@ class SeededStatefulDataLoader(StatefulDataLoader):
                 _RETIRED_CLASSES[cls] = type(f"Retired{cls.__name__}", (_RetiredIterator, cls), {})
             iterator.__class__ = _RETIRED_CLASSES[cls]
 
+    def _reusable(self) -> bool:
+        """Persistent workers whose last pass ran to its end can start the next pass.
+
+        A pass has ended when it raised StopIteration, or when it yielded all ``len(self)`` batches
+        (a scheduler that draws exactly a loader's length never asks for one more).
+        """
+        iterator = self._iterator
+        if not (
+            self.persistent_workers
+            and self.num_workers > 0
+            and iterator is not None
+            and not isinstance(iterator, _RetiredIterator)
+        ):
+            return False
+        if iterator._finished:
+            return True
+        try:
+            return int(iterator._num_yielded) >= len(self)
+        except TypeError:  # an iterable without a length
+            return False
+
+    def _next_pass(self) -> Any:
+        if self._reusable():
+            self._start_pass(self._next_epoch())
+            self._iterator._reset(self)  # type: ignore[union-attr]
+        else:
+            self._iterator = self._get_iterator()
+        return self._iterator
+
+    def __iter__(self) -> Any:
+        # torchdata's own __iter__ resets persistent iterators without passing through
+        # _get_iterator, so the epoch would never move; every pass start goes through _next_pass.
+        if self._initial_iter_for_state_dict:
+            self._initial_iter_for_state_dict = False
+        else:
+            self._next_pass()
+        if self._iterator._finished:  # type: ignore[union-attr]  # restored after its pass ended
+            self._next_pass()
+        return self._iterator
+
     def _get_iterator(self) -> Any:
         self._shutdown_current()
-        if self.next_iter_state is not None and self._restored_epoch is not None:
-            self._epoch, self._restored_epoch = self._restored_epoch, None
-        else:
-            self._epoch += 1
-        if isinstance(self.worker_init_fn, _WorkerSeeder):
-            self.worker_init_fn.epoch = self._epoch
+        self._start_pass(self._next_epoch())
         if self.num_workers == 0:
             return super()._get_iterator()
         with frozen_heap_for_fork():
@@ -250,6 +338,8 @@ def make_loader(
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    per_sample_seed: bool = PER_SAMPLE_SEED_DEFAULT,
+    shuffle_buffer_size: int | None = None,
     **dataloader_kwargs: Any,
 ) -> StatefulDataLoader:
     """Build a ``StatefulDataLoader`` whose state is exact at every batch and O(1) to restore.
@@ -258,6 +348,13 @@ def make_loader(
     strided over ``rank``/``world_size``; iterables go through :func:`checkpointable` (their own state,
     or the skip fallback). Workers are seeded from ``(seed, epoch, rank, worker_id)`` and the loader's
     generator from ``(seed, rank)``. A ``sampler=`` you pass is used as is (``shuffle`` must stay False).
+
+    An iterable is shuffled with ``shuffle=True, shuffle_buffer_size=N``: a :class:`ShuffleBuffer`
+    of N items, exactly resumable. ``per_sample_seed=True`` seeds the Python, numpy and torch global
+    RNGs from the sample around each read (``derive_seed(seed, epoch, index)`` for map-style data),
+    so augmentations drawn from them survive resumes and worker counts (see
+    :mod:`statefuldata.persample`; off by default for its cost). Inside a worker,
+    :func:`statefuldata.current_epoch` gives the epoch, e.g. for ``sample_rng(seed, epoch, index)``.
 
     Example:
         >>> loader = make_loader(list(range(10)), batch_size=4, shuffle=True, seed=1)
@@ -286,7 +383,13 @@ def make_loader(
             "to use your own sampler"
         )
     data = checkpointable(dataset)
-    if is_map_style(data):
+    map_style = is_map_style(data)
+    check_shuffle_request(
+        dataset, map_style=map_style, shuffle=shuffle, shuffle_buffer_size=shuffle_buffer_size
+    )
+    if not isinstance(per_sample_seed, bool):
+        raise TypeError(f"'per_sample_seed' must be True or False (got {per_sample_seed!r})")
+    if map_style:
         if sampler is None:
             if shuffle:
                 sampler = ShuffledSampler(
@@ -303,11 +406,15 @@ def make_loader(
                 "SequentialSampler, or implement the two methods.",
                 type(sampler).__name__,
             )
-    elif shuffle or sampler is not None:
+    elif sampler is not None:
         raise ValueError(
-            f"shuffle and sampler apply to map-style datasets; {type(dataset).__name__} is iterable "
-            "and orders its own items. Shuffle inside the iterable (seeded) instead"
+            f"sampler applies to map-style datasets; {type(dataset).__name__} is iterable "
+            "and orders its own items. Shuffle it with shuffle=True, shuffle_buffer_size=N instead"
         )
+    if per_sample_seed:
+        data = per_sample_seeded(data, seed=seed, rank=rank, map_style=map_style)
+    if shuffle_buffer_size is not None:
+        data = ShuffleBuffer(data, shuffle_buffer_size, seed=seed, rank=rank)
     seeder = _WorkerSeeder(
         seed=seed, rank=rank, user_fn=dataloader_kwargs.pop("worker_init_fn", None)
     )
@@ -315,7 +422,7 @@ def make_loader(
     if generator is None:
         generator = torch.Generator().manual_seed(derive_seed(seed, rank))
     return quiet_stateful_dataloader(
-        data,
+        epoch_aware(data, seed=seed, rank=rank, map_style=map_style),
         cls=SeededStatefulDataLoader,
         batch_size=batch_size,
         sampler=sampler,

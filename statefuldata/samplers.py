@@ -46,7 +46,7 @@ def _non_negative_int(_instance: object, attribute: attrs.Attribute, value: int)
 
 
 @attrs.define(eq=False)
-class _PositionSampler:
+class PositionSampler:
     """Shared machinery: rank striding, padding, chunked iteration, state (see module docstring)."""
 
     KEY_EPOCH: ClassVar[str] = "epoch"
@@ -100,6 +100,13 @@ class _PositionSampler:
         if self._chunk_iter is None:
             return self._position
         return self._chunk_start + len(self._chunk) - self._chunk_iter.__length_hint__()
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next ``iter()`` will produce."""
+        if not self._pending and (self.position > 0 or self._exhausted):
+            return self._epoch + 1
+        return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its first sample at the next ``iter()``."""
@@ -188,7 +195,7 @@ class _PositionSampler:
 
 
 @attrs.define(eq=False)
-class SequentialSampler(_PositionSampler):
+class SequentialSampler(PositionSampler):
     """``0, 1, ..., n-1`` every epoch (strided by rank), with resumable state.
 
     Example:
@@ -207,7 +214,7 @@ class SequentialSampler(_PositionSampler):
 
 
 @attrs.define(eq=False)
-class ShuffledSampler(_PositionSampler):
+class ShuffledSampler(PositionSampler):
     """A fresh shuffled order of ``range(n)`` each epoch, computed lazily from ``(seed, epoch)``.
 
     No permutation is materialised: the order is a Feistel bijection keyed by

@@ -84,6 +84,11 @@ def sample_rng(
     """A generator that depends only on ``(seed, epoch, index)`` of one sample.
 
     Augmentations drawn from it are identical whatever the worker count and after any resume.
+    Inside a dataset read by a :func:`statefuldata.make_loader` loader, the epoch of the pass being
+    produced is :func:`statefuldata.current_epoch` (in every worker, persistent ones included, and
+    after a resume), so ``sample_rng(seed, current_epoch(), index)`` gives each epoch its own
+    augmentation; a hard-coded ``epoch=0`` repeats the same one every epoch. To keep transforms
+    that draw from the global RNGs instead, use ``make_loader(..., per_sample_seed=True)``.
 
     Example:
         >>> g = sample_rng(0, epoch=0, index=7)

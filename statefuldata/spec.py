@@ -15,6 +15,7 @@ import attrs
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.loader import make_loader
 from statefuldata.manager import DataLoaderManager
+from statefuldata.persample import PER_SAMPLE_SEED_DEFAULT
 
 __all__ = ["LoaderSpec", "PipelineSpec"]
 
@@ -29,7 +30,7 @@ def _describe(dataset: Any) -> dict[str, Any]:
 
 def _int_at_least(minimum: int):
     def check(_inst: object, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and attribute.name == "seed":
+        if value is None and attribute.name in ("seed", "shuffle_buffer_size"):
             return
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"'{attribute.name}' must be an int >= {minimum} (got {value!r})")
@@ -40,6 +41,10 @@ def _int_at_least(minimum: int):
 @attrs.frozen(kw_only=True)
 class LoaderSpec:
     """How to load one dataset. ``seed=None`` takes the pipeline's seed.
+
+    ``per_sample_seed`` and ``shuffle_buffer_size`` are :func:`statefuldata.make_loader`'s options
+    of the same names (per-sample seeded global RNGs; a :class:`statefuldata.ShuffleBuffer` for
+    ``shuffle=True`` on an iterable).
 
     Example:
         >>> LoaderSpec(name="digits", dataset=list(range(10)), batch_size=4, shuffle=True).to_dict()["dataset"]
@@ -54,6 +59,10 @@ class LoaderSpec:
     weight: float | None = None
     drop_last: bool = False
     seed: int | None = attrs.field(default=None, validator=_int_at_least(0))
+    per_sample_seed: bool = attrs.field(
+        default=PER_SAMPLE_SEED_DEFAULT, validator=attrs.validators.instance_of(bool)
+    )
+    shuffle_buffer_size: int | None = attrs.field(default=None, validator=_int_at_least(1))
     loader_kwargs: dict[str, Any] = attrs.field(factory=dict, eq=False)
 
     def build(self, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> Any:
@@ -66,6 +75,8 @@ class LoaderSpec:
             drop_last=self.drop_last,
             rank=rank,
             world_size=world_size,
+            per_sample_seed=self.per_sample_seed,
+            shuffle_buffer_size=self.shuffle_buffer_size,
             **self.loader_kwargs,
         )
 
@@ -79,6 +90,8 @@ class LoaderSpec:
             "weight": self.weight,
             "drop_last": self.drop_last,
             "seed": self.seed,
+            "per_sample_seed": self.per_sample_seed,
+            "shuffle_buffer_size": self.shuffle_buffer_size,
         }
 
 

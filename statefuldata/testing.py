@@ -18,6 +18,7 @@ import attrs
 import numpy as np
 import torch
 
+from statefuldata.diagnose import Difference, explain
 from statefuldata.loader import close_loader
 
 __all__ = ["Mismatch", "ResumeMismatchError", "ResumeReport", "verify_resume"]
@@ -27,13 +28,19 @@ _MAX_DEFAULT_POINTS = 48
 
 @attrs.frozen
 class Mismatch:
-    """Where a resumed run first differed: ``point`` k, the global ``batch_index``, both values."""
+    """Where a resumed run first differed: ``point`` k, the global ``batch_index``, both values.
+
+    ``difference`` says which part differs (ids: other samples or order; values: the same samples
+    with other values) and ``suggestion`` the likely fix (see :mod:`statefuldata.diagnose`).
+    """
 
     point: int
     batch_index: int
     expected: Any
     got: Any
     reason: str
+    difference: Difference | None = None
+    suggestion: str = ""
 
 
 @attrs.frozen
@@ -173,10 +180,12 @@ def verify_resume(
     for k in chosen:
         mismatch = _check_point(factory, reference, boundaries, k, raise_on_mismatch)
         if mismatch is not None:
+            mismatch = explain(mismatch)
             if raise_on_mismatch:
                 raise ResumeMismatchError(
                     f"resume at point {mismatch.point} differs at batch {mismatch.batch_index}: "
-                    f"{mismatch.reason}; expected {mismatch.expected!r}, got {mismatch.got!r}"
+                    f"{mismatch.reason}; expected {mismatch.expected!r}, got {mismatch.got!r}. "
+                    f"Fix: {mismatch.suggestion}"
                 )
             return ResumeReport(False, tuple(chosen), mismatch, total)
     return ResumeReport(True, tuple(chosen), None, total)

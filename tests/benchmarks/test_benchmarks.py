@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("restore", "sampler", "scheduler", "trainer", "state_size", "checkpoint")
+BENCHMARKS = (
+    "restore",
+    "sampler",
+    "scheduler",
+    "trainer",
+    "state_size",
+    "per_sample_seed",
+    "shuffle_buffer",
+    "checkpoint",
+)
 TIMEOUT_S = 240
 
 
