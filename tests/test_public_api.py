@@ -24,6 +24,7 @@ INTERNAL = {
     "trainer.data",
     "trainer.distributed",
     "trainer.inflight",
+    "trainer.metrics",
     "trainer.optim",
     "trainer.progress",
     "trainer.steps",

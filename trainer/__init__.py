@@ -17,6 +17,7 @@ from trainer.config import (
 )
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
 from trainer.errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
+from trainer.loggers import CSVLogger, Logger, TensorBoardLogger
 from trainer.loop import GenericTrainer
 from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
@@ -27,6 +28,7 @@ from trainer.resume import ResumePhase, ResumeState
 __all__ = [
     "Aggregation",
     "AmpDtype",
+    "CSVLogger",
     "Callback",
     "CheckpointConfig",
     "CheckpointError",
@@ -38,6 +40,7 @@ __all__ = [
     "GenericTrainer",
     "GenericTrainerConfig",
     "InterruptFlag",
+    "Logger",
     "MixedPrecision",
     "MonitorMode",
     "NonFiniteLoss",
@@ -48,6 +51,7 @@ __all__ = [
     "ResumePhase",
     "ResumeState",
     "SchedulerInterval",
+    "TensorBoardLogger",
     "ValidationConfig",
     "ValidationFrequency",
     "load_checkpoint",

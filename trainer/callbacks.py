@@ -34,6 +34,9 @@ class Callback:
 
     def on_validation_end(self, trainer: GenericTrainer, metrics: dict[str, float]) -> None: ...
 
+    def on_log(self, trainer: GenericTrainer, metrics: dict[str, float], step: int) -> None:
+        """A group of metrics was recorded at optimizer step ``step`` (see trainer.loggers)."""
+
     def on_epoch_end(self, trainer: GenericTrainer, epoch: int) -> None: ...
 
     def on_checkpoint(self, trainer: GenericTrainer, path: Path | None) -> None: ...

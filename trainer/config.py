@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from trainer.validators import (
+    check_logger_names,
     check_loss_weights,
     check_optimizer_ids,
     check_signals,
@@ -243,7 +244,11 @@ class GenericTrainerConfig:
         nonfinite_loss: ``"raise"`` (default): a NaN or infinite loss raises
             ``FloatingPointError`` naming the step, epoch and loader, before the optimizer step;
             ``"skip"``: that optimizer step is skipped and counted (``train/skipped_steps``).
-        log_every_n_steps: Optimizer steps between train-loss log lines and history points.
+        log_every_n_steps: Optimizer steps between recorded training metrics (``train/<name>``
+            for every scalar the training step returns, in ``metrics_history`` and the loggers).
+        loggers: Built-in loggers (:mod:`trainer.loggers`): ``"csv"`` writes ``metrics.csv`` in
+            ``root_dir``; ``"tensorboard"`` writes event files there when tensorboard is installed.
+            Pass your own :class:`~trainer.loggers.Logger` in ``callbacks``.
         progress_bar: Show a tqdm bar (notebook-aware) on rank 0.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         ddp_find_unused_parameters: Passed to the ``DistributedDataParallel`` wrapper the trainer
@@ -272,8 +277,13 @@ class GenericTrainerConfig:
         default=NonFiniteLoss.RAISE, converter=lambda v: to_enum(NonFiniteLoss, v, "nonfinite_loss")
     )
     log_every_n_steps: int = attrs.field(default=50, validator=int_at_least(1))
+    loggers: tuple[str, ...] = attrs.field(
+        default=("csv", "tensorboard"),
+        converter=lambda v: (v,) if isinstance(v, str) else tuple(v),
+        validator=check_logger_names,
+    )
     progress_bar: bool = attrs.field(default=True, validator=is_bool)
-    device: str = attrs.field(default="cpu", validator=attrs.validators.instance_of(str))
+    device: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
     ddp_find_unused_parameters: bool = attrs.field(default=False, validator=is_bool)
 
     def to_dict(self) -> dict[str, Any]:

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 LATEST_NAME = "latest.ckpt"
 BEST_NAME = "best.ckpt"
+RUNS_NAME = (
+    "runs.jsonl"  # one line per fit() start (trainer.manager.CheckpointManager.record_run_start)
+)
 
 
 def template_regex(template: str) -> re.Pattern[str]:

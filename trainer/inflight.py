@@ -77,6 +77,7 @@ class LoopState:
     epoch_iter: Any = None
     window: set[int] = attrs.field(factory=set)
     window_losses: list[tuple[torch.Tensor, str, int]] = attrs.field(factory=list)
+    window_extras: list[dict[str, Any]] = attrs.field(factory=list)
     pending: list[Action] = attrs.field(factory=list)
     busy: Busy | None = None
     dirty: Busy | None = None

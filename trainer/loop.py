@@ -27,7 +27,9 @@ from trainer.distributed import (
     wrap_model,
 )
 from trainer.inflight import STEP_ACTIONS, Busy, LoopState, log_interrupt
+from trainer.loggers import default_loggers
 from trainer.manager import CheckpointManager
+from trainer.metrics import describe, scalar_outputs, window_means
 from trainer.optim import (
     check_losses,
     check_trainer_args,
@@ -40,7 +42,7 @@ from trainer.optim import (
 from trainer.persistence import SKIPPED_STEPS_KEY, TrainerIO, resume_source
 from trainer.precision import make_precision
 from trainer.preemption import InterruptFlag, PreemptionFlag
-from trainer.progress import epoch_bar
+from trainer.progress import EpochProgress, ensure_console_logging
 from trainer.result import FitResult, FitStatus
 from trainer.resume import ResumeState
 from trainer.rng import restore_rng_states
@@ -95,7 +97,7 @@ class GenericTrainer:
         self._unowned_params = [p for p in self.model.parameters() if id(p) not in owned]
         self.precision = make_precision(config.performance, self.device)
         self.checkpoints = CheckpointManager(config.checkpoint)
-        self.callbacks = list(callbacks)
+        self.callbacks = [*callbacks, *default_loggers(config.loggers)]
         self.state = ResumeState()
         self.metrics_history: dict[str, list[list[float]]] = {}
         self.last_checkpoint: Path | None = None
@@ -203,6 +205,9 @@ class GenericTrainer:
         elif not self._has_state:
             seed_everything(self.config.seed)
         self._has_state = True
+        if self.rank == 0:
+            ensure_console_logging()
+            self.checkpoints.record_run_start(self.state, world_size=self.world_size)
         self.model.train()
         for callback in self.callbacks:
             callback.on_fit_start(self)
@@ -266,23 +271,36 @@ class GenericTrainer:
             loop.schedule_checked = True
         accumulate = self.config.performance.gradient_accumulation_steps
         show = self.config.progress_bar and self.rank == 0
-        with epoch_bar(len(iterator), iterator.position, epoch, enabled=show) as bar:
+        with EpochProgress(len(iterator), iterator.position, epoch, enabled=show) as bar:
             while True:
                 loop.busy = Busy.FETCH
                 item = next(iterator, None)
                 loop.busy = None
                 if item is None:
+                    self._summarize_epoch(bar)
                     return False
                 final = self.state.micro_step + 1 >= accumulate or iterator.position >= len(
                     iterator
                 )
                 self._train_batch(*item, final=final)
-                bar.update(1)
+                bar.batch(sum(iterator.loader_samples))
                 if self.state.micro_step >= accumulate:
-                    self._optimizer_step()
+                    losses = self._optimizer_step()
+                    bar.step(losses, self.optimizers[0], self.state.global_step)
                     if drain(self, self._loop.pending, preemption, max_epochs):
                         return True
                 interrupt.raise_if_requested()
+
+    def _summarize_epoch(self, bar: EpochProgress) -> None:
+        if self.rank == 0:
+            logger.info(
+                "epoch %d done: step %d%s (%.1f s, %.0f samples/s)",
+                self.state.epoch,
+                self.state.global_step,
+                describe(self.latest_metrics(), "train"),
+                bar.elapsed(),
+                bar.samples / max(bar.elapsed(), 1e-9),
+            )
 
     def _train_batch(self, loader_idx: int, name: str, batch: Any, *, final: bool = True) -> None:
         """Forward and backward of one batch (gradients accumulate into the window; under DDP
@@ -302,14 +320,18 @@ class GenericTrainer:
                 loop.window.update(owners)
                 loop.unsynced = not synced
         loop.window_losses.append((loss.detach(), name, batch_idx))
+        extras = scalar_outputs(outputs)
+        if extras is not None:
+            loop.window_extras.append(extras)
         self.state.batch_in_epoch += 1
         self.state.micro_step += 1
         loop.busy = None
         for callback in self.callbacks:
             callback.on_train_batch_end(self, outputs, batch_idx, loader_idx, name)
 
-    def _optimizer_step(self) -> None:
-        """Close the accumulation window: step the optimizers and queue the step's actions."""
+    def _optimizer_step(self) -> list[torch.Tensor]:
+        """Close the accumulation window: step the optimizers, queue the step's actions; return
+        the window's losses."""
         loop, state = self._loop, self.state
         loop.busy = Busy.STEP
         finite = check_losses(
@@ -336,16 +358,16 @@ class GenericTrainer:
         state.global_step += 1
         state.optimizer_steps_in_epoch += 1
         state.micro_step = 0
-        if not finite:
-            self._record(SKIPPED_STEPS_KEY, loop.skipped_steps)
-        if state.global_step % self.config.log_every_n_steps == 0 and loop.window_losses:
-            value = float(torch.stack([x.float() for x, _, _ in loop.window_losses]).mean())
-            self._record("train/loss", value)
-            if self.rank == 0:
-                logger.info("epoch %d step %d loss %.6f", state.epoch, state.global_step, value)
-        loop.window_losses.clear()
+        losses = [x for x, _, _ in loop.window_losses]
+        metrics = {SKIPPED_STEPS_KEY: float(loop.skipped_steps)} if not finite else {}
+        if state.global_step % self.config.log_every_n_steps == 0 and losses:
+            metrics.update(window_means(losses, loop.window_extras))
+        if metrics:
+            self._log(metrics)
+        loop.window_losses, loop.window_extras = [], []
         loop.busy = None
         loop.pending[:0] = STEP_ACTIONS
+        return losses
 
     # ------------------------------------------------------------------ data, resume, save
     def _recover_or_resume(self, resume_from: str | Path | None) -> None:
@@ -415,14 +437,22 @@ class GenericTrainer:
             aggregation=self.config.validation.aggregation,
             global_step=self.state.global_step,
         )
-        for key, value in metrics.items():
-            self._record(key, value)
+        self._log(metrics)
+        if self.rank == 0:
+            logger.info(
+                "validation at step %d%s", self.state.global_step, describe(metrics, "val")
+            )
         for callback in self.callbacks:
             callback.on_validation_end(self, metrics)
         return metrics
 
-    def _record(self, key: str, value: float) -> None:
-        self.metrics_history.setdefault(key, []).append([self.state.global_step, float(value)])
+    def _log(self, metrics: dict[str, float]) -> None:
+        """Record a group of metrics at the current step and hand it to every logger."""
+        step = self.state.global_step
+        for key, value in metrics.items():
+            self.metrics_history.setdefault(key, []).append([step, float(value)])
+        for callback in self.callbacks:
+            callback.on_log(self, metrics, step)
 
     def latest_metrics(self) -> dict[str, float]:
         return {key: points[-1][1] for key, points in self.metrics_history.items() if points}

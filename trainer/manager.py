@@ -37,10 +37,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,7 @@ from trainer.errors import CheckpointWriteError, translate_write_errors
 from trainer.folder import (
     BEST_NAME,
     LATEST_NAME,
+    RUNS_NAME,
     list_checkpoint_files,
     load_newest_valid,
     remove_orphaned_temp_files,
@@ -182,6 +186,21 @@ class CheckpointManager:
     def has_checkpoints(self) -> bool:
         """Whether the folder holds ``latest.ckpt`` or any checkpoint file (valid or not)."""
         return os.path.lexists(self.root_dir / LATEST_NAME) or bool(self.list_checkpoints())
+
+    def record_run_start(self, state: ResumeState, *, world_size: int = 1) -> None:
+        """Append where a ``fit()`` starts to ``runs.jsonl`` (``python -m trainer plot`` marks the
+        resumes); a line of JSON per start, written by the lock holder."""
+        line = {
+            "global_step": state.global_step,
+            "epoch": state.epoch,
+            "time": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "world_size": world_size,
+        }
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        with (self.root_dir / RUNS_NAME).open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     # -- saving -----------------------------------------------------------------------------
 

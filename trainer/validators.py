@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import attrs
 
 __all__ = [
+    "check_logger_names",
     "check_loss_weights",
     "check_optimizer_ids",
     "check_signals",
@@ -225,3 +226,15 @@ def loader_config_or_none(_instance: Any, attribute: attrs.Attribute, value: Any
         f"'{attribute.name}' must be a statefuldata.MultiDataLoaderConfig or None "
         f"(got {type(value).__name__})"
     )
+
+
+LOGGER_NAMES = ("csv", "tensorboard")
+
+
+def check_logger_names(_instance: Any, attribute: attrs.Attribute, value: tuple[Any, ...]) -> None:
+    unknown = [name for name in value if name not in LOGGER_NAMES]
+    if unknown:
+        raise ValueError(
+            f"'{attribute.name}' holds unknown logger names {unknown} (got {value!r}); the built-in "
+            f"ones are {list(LOGGER_NAMES)}: pass your own trainer.loggers.Logger in callbacks"
+        )

@@ -1,0 +1,169 @@
+"""What a run records and shows: every scalar, metrics.csv, TensorBoard, summary lines, a console."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from statefuldata import make_loader
+from tests.data import Features
+from tests.trainer.harness import SignalAt
+from trainer import CheckpointConfig, GenericTrainer, GenericTrainerConfig, Logger
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def acc_trainer(root: Path, *, callbacks=(), **overrides) -> GenericTrainer:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    overrides.setdefault("checkpoint", CheckpointConfig(root_dir=root))
+    config = GenericTrainerConfig(progress_bar=False, log_every_n_steps=2, **overrides)
+    trainer = GenericTrainer(
+        config, model, torch.optim.SGD(model.parameters(), lr=0.05), callbacks=callbacks
+    )
+
+    def step(t, batch, i, di, name):
+        out = t.model(batch["x"])
+        return {
+            "loss": torch.nn.functional.mse_loss(out, batch["y"]),
+            "acc": ((out - batch["y"]).abs() < 0.5).float().mean(),
+            "lr": t.optimizers[0].param_groups[0]["lr"],
+            "ignored": "not a number",
+        }
+
+    trainer.set_training_step(step)
+    trainer.set_validation_step(
+        lambda t, b, i, di, n: {
+            "loss": torch.nn.functional.mse_loss(t.model(b["x"]), b["y"]),
+            "mae": (t.model(b["x"]) - b["y"]).abs().mean(),
+        }
+    )
+    return trainer
+
+
+def data():
+    return (
+        [make_loader(Features(40), batch_size=4, shuffle=True, seed=2)],
+        [make_loader(Features(8, offset=70), batch_size=4)],
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_scalar_goes_to_metrics_history_the_csv_and_the_checkpoint(tmp_path) -> None:
+    trainer = acc_trainer(tmp_path)
+    trainer.fit(*data(), max_epochs=2)
+    history = trainer.metrics_history
+    assert {"train/loss", "train/acc", "train/lr", "val/loss", "val/mae"} <= set(history)
+    assert "train/ignored" not in history
+    assert [s for s, _ in history["train/acc"]] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]  # one per step
+    assert list(rows[0]) == ["step", *sorted(history)]
+    by_step = {int(r["step"]): r for r in rows}
+    for key, points in history.items():
+        for step, value in points:
+            assert float(by_step[step][key]) == value, (key, step)
+    assert by_step[10]["val/loss"] != "" and by_step[8]["val/loss"] == ""  # validation per epoch
+    saved = torch.load(tmp_path / "latest.ckpt", weights_only=True)["metrics_history"]
+    assert saved == history
+
+
+@pytest.mark.parametrize("signal_at", [7, 10, 13, 20])  # mid-epoch 0, its end, epoch 1, the end
+def test_a_preempted_and_resumed_run_writes_the_same_csv(tmp_path, signal_at) -> None:
+    acc_trainer(tmp_path / "ref").fit(*data(), max_epochs=2)
+    first = acc_trainer(tmp_path / "run", callbacks=(SignalAt(signal_at),))
+    assert first.fit(*data(), max_epochs=2).status == "preempted"
+    assert acc_trainer(tmp_path / "run").fit(*data(), max_epochs=2).status == "completed"
+    expected = (tmp_path / "ref" / "metrics.csv").read_text()
+    assert (tmp_path / "run" / "metrics.csv").read_text() == expected
+
+
+def test_rows_logged_after_the_resumed_checkpoint_are_dropped(tmp_path) -> None:
+    acc_trainer(tmp_path / "ref").fit(*data(), max_epochs=2)
+    run = tmp_path / "run"
+    acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3)).fit(
+        *data(), max_epochs=2
+    )
+    # as if the run crashed after step 20 with step 18's checkpoint as its newest
+    for path in run.glob("*.ckpt"):
+        if path.name == "latest.ckpt" or int(path.stem.split("step=")[1]) > 18:
+            path.unlink()
+    resumed = acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3))
+    resumed.fit(*data(), max_epochs=2)
+    assert (run / "metrics.csv").read_text() == (tmp_path / "ref" / "metrics.csv").read_text()
+
+
+def test_tensorboard_event_files_appear(tmp_path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional test dependency")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc_trainer(tmp_path).fit(*data(), max_epochs=1)
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard"))
+    accumulator.Reload()
+    assert {"train/loss", "train/acc", "val/loss"} <= set(accumulator.Tags()["scalars"])
+    assert [e.step for e in accumulator.Scalars("train/acc")] == [2, 4, 6, 8, 10]
+
+
+def test_a_user_logger_in_a_few_lines(tmp_path) -> None:
+    seen: list[tuple[int, list[str]]] = []
+
+    class ListLogger(Logger):
+        def log_metrics(self, trainer, metrics, step) -> None:
+            seen.append((step, sorted(metrics)))
+
+    acc_trainer(tmp_path, callbacks=(ListLogger(),), loggers=()).fit(*data(), max_epochs=1)
+    assert seen[0] == (2, ["train/acc", "train/loss", "train/lr"])
+    assert seen[-1][0] == 10 and "val/loss" in seen[-1][1]
+    assert not (tmp_path / "metrics.csv").exists()  # loggers=() turns the built-in ones off
+
+
+def test_summary_lines_per_epoch_and_per_validation(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        acc_trainer(tmp_path).fit(*data(), max_epochs=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.loop"]
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    validations = [line for line in lines if line.startswith("validation at step")]
+    assert (
+        len(epochs) == 2
+        and "epoch 0 done: step 10, loss " in epochs[0]
+        and "samples/s" in epochs[0]
+    )
+    assert len(validations) == 2 and ", mae " in validations[0]
+
+
+def test_default_console_shows_progress_only_when_logging_is_not_configured(tmp_path) -> None:
+    script = (
+        "import torch\n"
+        "from tests.trainer.test_loggers import acc_trainer, data\n"
+        f"acc_trainer({str(tmp_path)!r}).fit(*data(), max_epochs=1)\n"
+        f"acc_trainer({str(tmp_path)!r}).fit(*data(), max_epochs=1)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "epoch 0 done: step 10" in done.stderr and "validation at step 10" in done.stderr
+    assert "Training is already complete: 1 of 1 epochs done" in done.stderr  # the rerun says so
+    configured = "import logging; logging.basicConfig(level=logging.WARNING)\n" + script
+    quiet = subprocess.run(
+        [sys.executable, "-c", configured], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert quiet.returncode == 0 and "epoch 0 done" not in quiet.stderr
+
+
+def test_device_defaults_to_auto(tmp_path) -> None:
+    trainer = acc_trainer(tmp_path)
+    assert trainer.config.device == "auto"
+    assert trainer.device.type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,190 @@
+"""Metric loggers: small callbacks that receive every group of metrics the trainer records.
+
+The trainer records a group at every ``log_every_n_steps``-th optimizer step (``train/<name>`` for
+every scalar the training step returns, averaged over the step's micro-batches) and after every
+validation (``val/<name>``, ``val/<loader>/<name>``), in ``trainer.metrics_history`` (saved in every
+checkpoint) and through :meth:`Logger.log_metrics` of each logger.
+
+Loggers are resume-aware: at ``fit()`` start they rebuild their output from ``metrics_history``,
+which is exactly what the resumed checkpoint held, so after a preemption and a resume every step
+appears once. Write your own in a few lines::
+
+    class PrintLogger(Logger):
+        def log_metrics(self, trainer, metrics, step):
+            print(step, metrics)
+
+    GenericTrainer(config, model, optimizer, callbacks=[PrintLogger()])
+
+Only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.atomic import atomic_write
+from trainer.callbacks import Callback
+from trainer.result import FitResult
+
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
+
+logger = logging.getLogger(__name__)
+
+GenericTrainer = Any
+
+
+def rows_by_step(history: Mapping[str, list[list[float]]]) -> dict[int, dict[str, float]]:
+    """``metrics_history`` as one row per step (the last value of a key at a step wins)."""
+    rows: dict[int, dict[str, float]] = {}
+    for key, points in history.items():
+        for step, value in points:
+            rows.setdefault(int(step), {})[key] = float(value)
+    return dict(sorted(rows.items()))
+
+
+class Logger(Callback):
+    """Base class: override :meth:`log_metrics`; :meth:`start` and :meth:`finish` are optional."""
+
+    def log_metrics(self, trainer: GenericTrainer, metrics: dict[str, float], step: int) -> None:
+        """Called with every group of metrics recorded at ``step``."""
+
+    def start(self, trainer: GenericTrainer) -> None:
+        """Called at ``fit()`` start, after the resume: ``trainer.metrics_history`` is the past."""
+
+    def finish(self, trainer: GenericTrainer) -> None:
+        """Called when ``fit()`` returns (flush buffers)."""
+
+    def on_fit_start(self, trainer: GenericTrainer) -> None:
+        if trainer.rank == 0:
+            self.start(trainer)
+
+    def on_log(self, trainer: GenericTrainer, metrics: dict[str, float], step: int) -> None:
+        if trainer.rank == 0:
+            self.log_metrics(trainer, metrics, step)
+
+    def on_fit_end(self, trainer: GenericTrainer, result: FitResult) -> None:
+        if trainer.rank == 0:
+            self.finish(trainer)
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
+
+
+class CSVLogger(Logger):
+    """``metrics.csv`` in ``root_dir`` (or ``path``): a ``step`` column, then one per metric.
+
+    One row per logged step; a row is written once its step is over (the next step's metrics
+    arrive, or ``fit()`` returns). At ``fit()`` start the file is rewritten from
+    ``metrics_history``, so rows logged after the resumed checkpoint disappear.
+    """
+
+    FILE_NAME = "metrics.csv"
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self._columns: list[str] = []
+        self._step: int | None = None
+        self._row: dict[str, float] = {}
+
+    def _target(self, trainer: GenericTrainer) -> Path:
+        return self.path or Path(trainer.checkpoints.root_dir) / self.FILE_NAME
+
+    def start(self, trainer: GenericTrainer) -> None:
+        rows = rows_by_step(trainer.metrics_history)
+        self._columns = sorted({key for row in rows.values() for key in row})
+        self._step, self._row = None, {}
+        if rows:  # the last step may gain metrics (an epoch-end validation after a preemption)
+            self._step = max(rows)
+            self._row = rows.pop(self._step)
+        self._rewrite(trainer, rows)
+
+    def _rewrite(self, trainer: GenericTrainer, rows: Mapping[int, Mapping[str, float]]) -> None:
+        target = self._target(trainer)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lines = [",".join(["step", *self._columns])]
+        lines += [
+            ",".join([str(step), *(_cell(row.get(c)) for c in self._columns)])
+            for step, row in rows.items()
+        ]
+        text = ("\n".join(lines) + "\n").encode()
+        atomic_write(target, lambda f: f.write(text))
+
+    def log_metrics(self, trainer: GenericTrainer, metrics: dict[str, float], step: int) -> None:
+        if self._step is not None and step != self._step:
+            self._flush(trainer)
+        self._step = step
+        self._row.update(metrics)
+
+    def _flush(self, trainer: GenericTrainer) -> None:
+        if self._step is None:
+            return
+        step, row = self._step, self._row
+        self._step, self._row = None, {}
+        if not set(row) <= set(self._columns):  # a new metric: a wider header
+            self._columns = sorted(set(self._columns) | set(row))
+            past = rows_by_step(trainer.metrics_history)
+            self._rewrite(trainer, {s: r for s, r in past.items() if s <= step})
+            return
+        with self._target(trainer).open("a", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerow(
+                [str(step), *(_cell(row.get(c)) for c in self._columns)]
+            )
+
+    def finish(self, trainer: GenericTrainer) -> None:
+        self._flush(trainer)
+
+
+class TensorBoardLogger(Logger):
+    """TensorBoard event files in ``root_dir/tensorboard`` (``torch.utils.tensorboard``).
+
+    A resumed run opens its writer with ``purge_step`` = the resumed step + 1, so TensorBoard hides
+    what a preempted run logged after its checkpoint.
+    """
+
+    def __init__(self, log_dir: str | Path | None = None) -> None:
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self._writer: Any = None
+
+    def start(self, trainer: GenericTrainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.finish(trainer)
+        log_dir = self.log_dir or Path(trainer.checkpoints.root_dir) / "tensorboard"
+        step = trainer.state.global_step
+        self._writer = SummaryWriter(str(log_dir), purge_step=step + 1 if step else None)
+
+    def log_metrics(self, trainer: GenericTrainer, metrics: dict[str, float], step: int) -> None:
+        if self._writer is not None:
+            for key, value in metrics.items():
+                self._writer.add_scalar(key, value, step)
+
+    def finish(self, trainer: GenericTrainer) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def tensorboard_available() -> bool:
+    """Whether ``torch.utils.tensorboard`` can write (the ``tensorboard`` package is installed)."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def default_loggers(names: tuple[str, ...]) -> list[Logger]:
+    """The loggers named in ``GenericTrainerConfig.loggers`` ("tensorboard" only when installed)."""
+    out: list[Logger] = []
+    for name in names:
+        if name == "csv":
+            out.append(CSVLogger())
+        elif name == "tensorboard":
+            if tensorboard_available():
+                out.append(TensorBoardLogger())
+            else:
+                logger.debug("tensorboard is not installed: no TensorBoard logger")
+    return out
