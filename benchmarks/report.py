@@ -9,11 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from benchmarks.results import BenchmarkResult, Column, Figure, Panel, Series
 
 __all__ = ["format_value", "power_label", "write_report"]
@@ -181,7 +176,22 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
     ax.legend(fontsize="small")
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, imported when a figure is drawn (optional extra)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError(
+            "the benchmark figures need matplotlib: pip install 'statefuldata[bench]'"
+        ) from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def write_figure(out_dir: Path, figure: Figure) -> Path:
+    plt = _pyplot()
     ncols = min(2, len(figure.panels))
     nrows = math.ceil(len(figure.panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.4 * nrows), squeeze=False)

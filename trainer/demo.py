@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,7 +150,24 @@ def _child(root: Path, at: int, flag_file: Path) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     if args.child:
         return _child(Path(args.root), args.at, Path(args.flag))
-    work = Path(tempfile.mkdtemp(prefix="statefuldata-demo-"))
+    if args.out is not None:
+        work = Path(args.out)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="statefuldata-demo-"))
+    try:
+        return _demo(work)
+    finally:
+        if args.keep or args.out is not None:
+            print(
+                f"demo: the runs are in {work} (reference/, preempted/: checkpoints, metrics.csv)"
+            )
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"demo: removed its folder {work} (pass --keep or --out DIR to keep the runs)")
+
+
+def _demo(work: Path) -> int:
     at = STEPS_PER_EPOCH + STEPS_PER_EPOCH // 2 + 1  # mid epoch 1, inside an accumulation window
     print(
         f"demo: {EPOCHS} epochs x {STEPS_PER_EPOCH} batches, WEIGHTED 0.6/0.4 over a map dataset and a stream"
@@ -221,6 +239,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("demo", help="preempt a run in a subprocess, resume it, compare")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder of the runs")
+    parser.add_argument(
+        "--out", help="write the runs to this folder (kept) instead of a temporary one"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--at", type=int, help=argparse.SUPPRESS)

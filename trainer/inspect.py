@@ -19,7 +19,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -240,11 +240,3 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run_inspect)
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for the ``inspect`` subcommand alone: ``main(["PATH", "--json"])``."""
-    parser = argparse.ArgumentParser(prog="python -m trainer inspect")
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--json", action="store_true")
-    return run_inspect(parser.parse_args(argv))

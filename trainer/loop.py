@@ -439,9 +439,7 @@ class GenericTrainer:
         )
         self._log(metrics)
         if self.rank == 0:
-            logger.info(
-                "validation at step %d%s", self.state.global_step, describe(metrics, "val")
-            )
+            logger.info("validation at step %d%s", self.state.global_step, describe(metrics, "val"))
         for callback in self.callbacks:
             callback.on_validation_end(self, metrics)
         return metrics

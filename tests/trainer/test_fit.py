@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -267,6 +268,8 @@ def test_demo_command_prints_the_equality_verdict() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "final parameters equal to the uninterrupted run: equal (True)" in done.stdout
     assert "preempted" in done.stdout and "schedule position" in done.stdout
+    removed = re.search(r"demo: removed its folder (\S+)", done.stdout)
+    assert removed and not Path(removed.group(1)).exists()  # it cleans up after itself
 
 
 def test_fit_takes_a_pipeline_spec_and_stores_its_snapshot(tmp_path) -> None:
