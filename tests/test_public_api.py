@@ -35,6 +35,7 @@ INTERNAL = {
     "trainer.demo",
     "trainer.folder",
     "trainer.persistence",
+    "trainer.plot",
     "trainer.validation",
     "trainer.__main__",
     "trainer.rng",
