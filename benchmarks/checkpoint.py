@@ -36,8 +36,8 @@ from benchmarks.checksums import (
 )
 from benchmarks.harness import Progress, Settings, Stat, interleave, ratio
 from benchmarks.results import BenchmarkResult, Column, Figure, Headline, Panel, Series, Table
-from trainer.atomic import atomic_write
 from trainer.checkpoints import build_payload, read_checkpoint, write_checkpoint
+from trainer.checkpoints.atomic import atomic_write
 from trainer.resume import ResumeState
 
 __all__ = ["LOAD_VARIANTS", "SAVE_VARIANTS", "run"]

@@ -3,7 +3,7 @@
 Each candidate is a hasher factory (``update(buffer)``, ``hexdigest()``). The save strategies are
 *inline* (hash every buffer torch.save writes, as it writes it, then fsync) and *overlapped* (write,
 then hash the file from the page cache while a second thread fsyncs it: what
-:func:`trainer.integrity.save_with_checksum` does with CRC-32). The load strategies are
+:func:`trainer.checkpoints.integrity.save_with_checksum` does with CRC-32). The load strategies are
 *sequential* (hash the file, then load it) and *threaded* (hash in a thread while ``torch.load``
 reads the same open file: what :func:`trainer.checkpoints.read_checkpoint` does).
 """
@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 import torch
 
-from trainer.atomic import atomic_write
+from trainer.checkpoints.atomic import atomic_write
 
 __all__ = [
     "HASHERS",

@@ -2,6 +2,8 @@
 
 from trainer.callbacks import Callback
 from trainer.checkpoints import load_checkpoint, save_checkpoint
+from trainer.checkpoints.errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import (
     Aggregation,
     AmpDtype,
@@ -16,10 +18,8 @@ from trainer.config import (
     ValidationFrequency,
 )
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
-from trainer.errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
 from trainer.loggers import CSVLogger, Logger, TensorBoardLogger
 from trainer.loop import GenericTrainer
-from trainer.manager import CheckpointManager
 from trainer.precision import MixedPrecision, Precision, make_precision
 from trainer.preemption import InterruptFlag, PreemptionFlag
 from trainer.result import FitResult, FitStatus

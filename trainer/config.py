@@ -118,7 +118,7 @@ class CheckpointConfig:
             (``0o644`` under the usual umask 022).
 
     The folder takes one writer at a time: saving holds an exclusive lock on ``root_dir/.lock``
-    (see :meth:`trainer.manager.CheckpointManager.acquire`); ``fit()`` holds it throughout.
+    (see :meth:`trainer.checkpoints.manager.CheckpointManager.acquire`); ``fit()`` holds it throughout.
     """
 
     root_dir: Path = attrs.field(default=Path("checkpoints"), converter=to_path)

@@ -37,7 +37,7 @@ from trainer.checkpoints import (
     CheckpointError,
     read_checkpoint,
 )
-from trainer.integrity import check_integrity
+from trainer.checkpoints.integrity import check_integrity
 
 __all__ = [
     "add_inspect_parser",

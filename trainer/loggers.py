@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainer.atomic import atomic_write
 from trainer.callbacks import Callback
+from trainer.checkpoints.atomic import atomic_write
 from trainer.result import FitResult
 
 __all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]

@@ -16,6 +16,7 @@ import torch
 
 from statefuldata import DataLoaderManager, seed_everything
 from trainer.callbacks import Callback
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import GenericTrainerConfig, SchedulerInterval
 from trainer.data import TrainerData, as_list
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
@@ -28,7 +29,6 @@ from trainer.distributed import (
 )
 from trainer.inflight import STEP_ACTIONS, Busy, LoopState, log_interrupt
 from trainer.loggers import default_loggers
-from trainer.manager import CheckpointManager
 from trainer.metrics import describe, scalar_outputs, window_means
 from trainer.optim import (
     check_losses,

@@ -28,10 +28,10 @@ from trainer.checkpoints import (
     build_payload,
     read_checkpoint,
 )
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.compat import config_differences, describe_differences
 from trainer.config import GenericTrainerConfig
 from trainer.data import TrainerData
-from trainer.manager import CheckpointManager
 from trainer.precision import Precision
 from trainer.resume import ResumeState
 from trainer.rng import capture_rng_states

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trainer.checkpoints.folder import RUNS_NAME
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import CheckpointConfig
-from trainer.folder import RUNS_NAME
 from trainer.loggers import CSVLogger, rows_by_step
-from trainer.manager import CheckpointManager
 
 __all__ = ["add_plot_parser", "load_curves", "plot_run"]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.atomic import atomic_write, host_tag, parse_temp_name, temp_path
 from trainer.checkpoints import CheckpointWriteError, read_checkpoint
+from trainer.checkpoints.atomic import atomic_write, host_tag, parse_temp_name, temp_path
+from trainer.checkpoints.lock import LOCK_NAME
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import CheckpointConfig
-from trainer.lock import LOCK_NAME
-from trainer.manager import CheckpointManager
 
 
 def mode_of(path: Path) -> int:
@@ -154,7 +154,7 @@ def test_injected_permission_errors_name_the_folder(
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr("trainer.atomic._create", denied)
+    monkeypatch.setattr("trainer.checkpoints.atomic._create", denied)
     with pytest.raises(
         CheckpointWriteError,
         match=rf"Cannot save epoch=0000-step=000002.ckpt \(checkpoint\) in {tmp_path}: Permission "

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import CheckpointConfig
-from trainer.manager import CheckpointManager
 
 
 def save(manager: CheckpointManager, step: int, metrics: dict) -> Path:

@@ -395,6 +395,6 @@ def test_public_save_and_load_checkpoint_use_the_trainer_methods(tmp_path: Path)
 
 def test_checkpoint_manager_is_reachable_from_checkpoints() -> None:
     from trainer.checkpoints import CheckpointManager
-    from trainer.manager import CheckpointManager as Direct
+    from trainer.checkpoints.manager import CheckpointManager as Direct
 
     assert CheckpointManager is Direct

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.best import BestTracker
 from trainer.checkpoints import CheckpointError, read_checkpoint
+from trainer.checkpoints.best import BestTracker
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import CheckpointConfig
-from trainer.manager import CheckpointManager
 
 
 def make(root: Path, **kwargs) -> CheckpointManager:

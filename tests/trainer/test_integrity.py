@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import trainer.integrity as integrity
+import trainer.checkpoints.integrity as integrity
 from trainer.__main__ import main
 from trainer.checkpoints import (
     CheckpointError,
@@ -22,9 +22,9 @@ from trainer.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
+from trainer.checkpoints.integrity import IntegrityStatus, check_integrity
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import CheckpointConfig
-from trainer.integrity import IntegrityStatus, check_integrity
-from trainer.manager import CheckpointManager
 from trainer.resume import ResumeState
 
 BIG = "big"
@@ -132,8 +132,8 @@ def test_damage_is_caught_by_every_entry_point(
     tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
 ) -> None:
     manager = CheckpointManager(CheckpointConfig(root_dir=tmp_path))
-    good = manager.save_checkpoint(payload=payload(1))
-    bad = manager.save_checkpoint(payload=payload(2))
+    good = manager.write_payload(payload(1), epoch=0, global_step=1, metrics=None)
+    bad = manager.write_payload(payload(2), epoch=0, global_step=2, metrics=None)
     damage(bad, kind)
     report = check_integrity(bad)
     assert report.status is IntegrityStatus.MISMATCH and report.stored != report.computed

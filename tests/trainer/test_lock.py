@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.atomic import host_tag
 from trainer.checkpoints import CheckpointLockedError, CheckpointWriteError, read_checkpoint
+from trainer.checkpoints.atomic import host_tag
+from trainer.checkpoints.lock import LOCK_NAME, FolderLock, read_holder
+from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import CheckpointConfig
-from trainer.lock import LOCK_NAME, FolderLock, read_holder
-from trainer.manager import CheckpointManager
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -89,7 +89,7 @@ def test_a_lock_file_naming_a_dead_holder_is_taken_over_with_a_warning(
     stale = {"pid": ended.pid, "host": socket.gethostname(), "since": "2024-01-01T00:00:00+0000"}
     (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
     m = manager(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="trainer.lock"):
+    with caplog.at_level(logging.WARNING, logger="trainer.checkpoints.lock"):
         m.acquire()
     assert f"Taking over the lock of {tmp_path} from pid {ended.pid}" in caplog.text
     assert "ended without releasing it" in caplog.text
@@ -149,7 +149,7 @@ def test_constructing_deletes_nothing_and_the_writer_removes_only_orphaned_temp_
 HOLDER = textwrap.dedent(
     """
     import os, sys, time
-    from trainer.lock import FolderLock
+    from trainer.checkpoints.lock import FolderLock
 
     root, fork = sys.argv[1], sys.argv[2] == "fork"
     lock = FolderLock(root)
@@ -193,7 +193,7 @@ def test_another_process_is_refused_and_its_lock_is_taken_over_after_sigkill(
         assert not m.has_checkpoints()
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-        with caplog.at_level(logging.WARNING, logger="trainer.lock"):
+        with caplog.at_level(logging.WARNING, logger="trainer.checkpoints.lock"):
             save(m, 1)  # the forked child still runs, yet holds no lock
         assert f"Taking over the lock of {tmp_path} from pid {holder.pid}" in caplog.text
         assert read_checkpoint(tmp_path / "latest.ckpt")["global_step"] == 1
@@ -211,7 +211,7 @@ SAVER = textwrap.dedent(
     import torch
     import trainer.checkpoints as checkpoints
     from trainer.config import CheckpointConfig
-    from trainer.manager import CheckpointManager
+    from trainer.checkpoints.manager import CheckpointManager
 
     root, signals = Path(sys.argv[1]), Path(sys.argv[2])
     original = checkpoints.save_with_checksum

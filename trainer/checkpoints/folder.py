@@ -14,11 +14,11 @@ import string
 from pathlib import Path
 from typing import Any
 
-from trainer.atomic import host_tag, parse_temp_name
-from trainer.best import BEST_RECORD_NAME
-from trainer.checkpoints import read_checkpoint
-from trainer.errors import CheckpointError
-from trainer.lock import pid_alive
+from trainer.checkpoints.atomic import host_tag, parse_temp_name
+from trainer.checkpoints.best import BEST_RECORD_NAME
+from trainer.checkpoints.errors import CheckpointError
+from trainer.checkpoints.io import read_checkpoint
+from trainer.checkpoints.lock import pid_alive
 
 __all__ = [
     "BEST_NAME",
@@ -34,9 +34,7 @@ logger = logging.getLogger(__name__)
 
 LATEST_NAME = "latest.ckpt"
 BEST_NAME = "best.ckpt"
-RUNS_NAME = (
-    "runs.jsonl"  # one line per fit() start (trainer.manager.CheckpointManager.record_run_start)
-)
+RUNS_NAME = "runs.jsonl"  # one line per fit() start (trainer.checkpoints.manager.CheckpointManager.record_run_start)
 
 
 def template_regex(template: str) -> re.Pattern[str]:

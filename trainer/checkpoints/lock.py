@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from trainer.errors import CheckpointLockedError, translate_write_errors
+from trainer.checkpoints.errors import CheckpointLockedError, translate_write_errors
 
 try:
     import fcntl
@@ -241,13 +241,15 @@ class FolderLock:
                 os.close(fd)
 
     def __del__(self) -> None:  # a holder dropped without release(): unlock as release() would
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-                _unlock(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        fd = getattr(self, "_fd", None)
+        if fd is None:
+            return
+        object.__setattr__(self, "_fd", None)  # no attrs hooks: this may run at interpreter exit
+        with contextlib.suppress(Exception):
+            os.ftruncate(fd, 0)
+            _unlock(fd)
+        with contextlib.suppress(Exception):
+            os.close(fd)
 
     def _forget(self) -> None:
         fd, self._fd, self._depth = self._fd, None, 0

@@ -20,9 +20,9 @@ from typing import Any
 
 import attrs
 
-from trainer.atomic import atomic_write
+from trainer.checkpoints.atomic import atomic_write
+from trainer.checkpoints.errors import translate_write_errors
 from trainer.config import CheckpointConfig, MonitorMode
-from trainer.errors import translate_write_errors
 
 __all__ = ["BEST_RECORD_NAME", "BestTracker"]
 

@@ -19,10 +19,10 @@ the newest valid file by global step, then epoch, as parsed from the file name (
 skipping damaged files with a WARNING; a ``latest`` that points outside ``root_dir``, at itself or
 at a missing file is skipped with a WARNING. It raises when no file is valid.
 
-One writer per folder: writing holds an exclusive lock on ``root_dir/.lock`` (:mod:`trainer.lock`).
+One writer per folder: writing holds an exclusive lock on ``root_dir/.lock`` (:mod:`trainer.checkpoints.lock`).
 A save takes it for its own duration unless the manager holds it already; a trainer holds it for a
 whole run with :meth:`CheckpointManager.acquire`/:meth:`~CheckpointManager.release` or ``with
-manager.writer():``. A second writer gets :class:`~trainer.errors.CheckpointLockedError` naming the
+manager.writer():``. A second writer gets :class:`~trainer.checkpoints.errors.CheckpointLockedError` naming the
 holder. Taking the lock removes temp files provably orphaned (written on this host by a process no
 longer running, or by this one) and repairs ``best.ckpt``. Reading (constructing a manager,
 listing, :meth:`~CheckpointManager.find_latest_valid`, restoring) takes no lock and never writes or
@@ -51,19 +51,10 @@ from typing import Any
 import attrs
 import torch
 
-from trainer.atomic import copy_atomically, point_link
-from trainer.best import BestTracker
-from trainer.checkpoints import (
-    KEY_EPOCH,
-    KEY_GLOBAL_STEP,
-    apply_payload,
-    build_payload,
-    read_checkpoint,
-    write_checkpoint,
-)
-from trainer.config import CheckpointConfig
-from trainer.errors import CheckpointWriteError, translate_write_errors
-from trainer.folder import (
+from trainer.checkpoints.atomic import copy_atomically, point_link
+from trainer.checkpoints.best import BestTracker
+from trainer.checkpoints.errors import CheckpointWriteError, translate_write_errors
+from trainer.checkpoints.folder import (
     BEST_NAME,
     LATEST_NAME,
     RUNS_NAME,
@@ -72,7 +63,10 @@ from trainer.folder import (
     remove_orphaned_temp_files,
     template_regex,
 )
-from trainer.lock import FolderLock
+from trainer.checkpoints.format import KEY_EPOCH, KEY_GLOBAL_STEP, apply_payload, build_payload
+from trainer.checkpoints.io import read_checkpoint, write_checkpoint
+from trainer.checkpoints.lock import FolderLock
+from trainer.config import CheckpointConfig
 from trainer.precision import Precision
 from trainer.resume import ResumeState
 from trainer.rng import capture_rng_states
@@ -98,11 +92,9 @@ class CheckpointManager:
         config: Folder, file names, rotation, best-tracking and permission settings.
 
     Attributes:
-        last_payload: The payload last loaded by :meth:`restore_from_checkpoint`, or None.
     """
 
     config: CheckpointConfig = attrs.field(validator=attrs.validators.instance_of(CheckpointConfig))
-    last_payload: dict[str, Any] | None = attrs.field(init=False, default=None)
     _tracker: BestTracker = attrs.field(init=False)
     _lock: FolderLock = attrs.field(init=False)
     _save_mutex: threading.Lock = attrs.field(init=False, factory=threading.Lock)
@@ -219,40 +211,38 @@ class CheckpointManager:
         rng_states: Mapping[str, Any] | None = None,
         metrics_history: Mapping[str, Any] | None = None,
         config_snapshot: Mapping[str, Any] | None = None,
-        payload: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Build a v1 payload (or take ``payload`` as is) and write it via :meth:`write_payload`.
+        """Build a v1 payload from these parts and write it via :meth:`write_payload`.
 
         ``rng_states`` None captures the global RNGs now. ``resume_state`` None records the start
-        of ``epoch``. ``metrics`` decides whether this file becomes the best one.
+        of ``epoch``. ``metrics`` decides whether this file becomes the best one. A payload built
+        elsewhere (:func:`~trainer.checkpoints.build_payload`) goes to :meth:`write_payload`.
 
         Returns:
             The written file.
         """
-        if payload is None:
-            if model is None or epoch is None or global_step is None:
-                raise TypeError(
-                    "save_checkpoint needs model=, epoch= and global_step= (got "
-                    f"model={type(model).__name__}, epoch={epoch!r}, global_step={global_step!r}), "
-                    "or a ready payload= from trainer.checkpoints.build_payload"
-                )
-            payload = build_payload(
-                model=model,
-                optimizers=optimizers,
-                schedulers=schedulers,
-                scaler_state=_scaler_state(scaler),
-                rng_states=capture_rng_states() if rng_states is None else rng_states,
-                dataloader_manager_state=dataloader_manager_state,
-                resume_state=ResumeState(epoch=epoch, global_step=global_step)
-                if resume_state is None
-                else resume_state,
-                epoch=epoch,
-                global_step=global_step,
-                metrics_history=metrics_history,
-                config_snapshot=config_snapshot,
+        if model is None or epoch is None or global_step is None:
+            raise TypeError(
+                "save_checkpoint needs model=, epoch= and global_step= (got "
+                f"model={type(model).__name__}, epoch={epoch!r}, global_step={global_step!r}); "
+                "to write a payload built with trainer.checkpoints.build_payload, call "
+                "write_payload(payload, epoch=..., global_step=..., metrics=...)"
             )
-        epoch = payload[KEY_EPOCH] if epoch is None else epoch
-        global_step = payload[KEY_GLOBAL_STEP] if global_step is None else global_step
+        payload = build_payload(
+            model=model,
+            optimizers=optimizers,
+            schedulers=schedulers,
+            scaler_state=_scaler_state(scaler),
+            rng_states=capture_rng_states() if rng_states is None else rng_states,
+            dataloader_manager_state=dataloader_manager_state,
+            resume_state=ResumeState(epoch=epoch, global_step=global_step)
+            if resume_state is None
+            else resume_state,
+            epoch=epoch,
+            global_step=global_step,
+            metrics_history=metrics_history,
+            config_snapshot=config_snapshot,
+        )
         return self.write_payload(payload, epoch=epoch, global_step=global_step, metrics=metrics)
 
     def write_payload(
@@ -395,7 +385,6 @@ class CheckpointManager:
             restore_rng=restore_rng,
             strict=strict,
         )
-        self.last_payload = payload
         logger.info(
             "Restored %s (epoch %s, global step %s)",
             path,

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import attrs
 import torch
 
-from trainer.errors import CheckpointError
+from trainer.checkpoints.errors import CheckpointError
 
 __all__ = [
     "ALGORITHM",
