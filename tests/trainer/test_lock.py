@@ -209,7 +209,7 @@ SAVER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import torch
-    import trainer.checkpoints as checkpoints
+    import trainer.checkpoints.io as checkpoints
     from trainer.config import CheckpointConfig
     from trainer.checkpoints.manager import CheckpointManager
 
