@@ -97,6 +97,7 @@ class Group:
     pending_rng: Any = None
     current: EpochIterator | None = None
     generation: int = 0
+    requested: int | None = None  # set_epoch() for the next create_epoch_iterator(phase)
 
 
 def fingerprint_of(
