@@ -41,6 +41,7 @@ from statefuldata.seeding import seed_worker
 __all__ = ["current_epoch"]
 
 _local = threading.local()
+_END = object()
 
 
 def current_epoch() -> int:
@@ -138,6 +139,17 @@ class EpochView:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dataset!r})"
 
+    def begin_pass(self, epoch: int) -> None:
+        """Main process, before a pass starts: publish ``epoch`` and forward it to the dataset.
+
+        Forwarding here first matters for datasets whose epoch lives in shared memory (Hugging
+        Face's): the workers' own ``set_epoch`` calls then find the value already set, instead of
+        racing to update it.
+        """
+        self.channel.publish(epoch)
+        self._seen = self.channel.read()[0]
+        self._forward_epoch(epoch)
+
     def worker_started(self) -> int:
         """Called by the worker seeder at worker start-up: enter the current pass without reseeding."""
         generation, epoch = self.channel.read()
@@ -198,7 +210,13 @@ class StatefulEpochAwareMap(EpochAwareMap):
 
 
 class EpochAwareIterable(EpochView, IterableDataset):
-    """Iterable view: forwards the epoch, and applies a loaded state to the resumed pass only."""
+    """Iterable view: forwards the epoch, and applies a loaded state to the resumed pass only.
+
+    Until a pass around a load (the resumed one, or a later one reset to the dataset's first state)
+    hands out its first item, ``state_dict()`` reports the state that pass starts from: datasets that
+    apply a state lazily (Hugging Face applies it at the first item) would otherwise report a stale
+    one, and a checkpoint taken right after a resume would be wrong.
+    """
 
     def __init__(self, dataset: Any, *, seed: int, rank: int) -> None:
         super().__init__(dataset, seed=seed, rank=rank)
@@ -206,6 +224,7 @@ class EpochAwareIterable(EpochView, IterableDataset):
         self._pristine = copy.deepcopy(dataset.state_dict()) if stateful else None
         self._resuming = False  # a state was loaded and its pass has not started yet
         self._loaded = False  # a state was loaded in this process at some point
+        self._starting: dict[str, Any] | None = None  # state of a pass that has not drawn yet
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -215,25 +234,36 @@ class EpochAwareIterable(EpochView, IterableDataset):
         if self._resuming:
             self._resuming = False
         elif self._loaded and self._pristine is not None:
+            self._starting = copy.deepcopy(self._pristine)
             self.dataset.load_state_dict(copy.deepcopy(self._pristine))
-        items = iter(self.dataset)
-        return items if get_worker_info() is not None else self._reporting(items, epoch)
+        return self._items(iter(self.dataset), epoch, get_worker_info() is not None)
 
-    @staticmethod
-    def _reporting(items: Iterator[Any], epoch: int) -> Iterator[Any]:
+    def _items(self, items: Iterator[Any], epoch: int, in_worker: bool) -> Iterator[Any]:
+        if self._starting is not None:
+            with contextlib.nullcontext() if in_worker else producing(epoch):
+                first = next(items, _END)
+            self._starting = None
+            if first is _END:
+                return
+            yield first
+        if in_worker:
+            yield from items
+            return
         while True:
             with producing(epoch):
-                try:
-                    item = next(items)
-                except StopIteration:
-                    return
+                item = next(items, _END)
+            if item is _END:
+                return
             yield item
 
     def state_dict(self) -> dict[str, Any]:
+        if self._starting is not None:
+            return copy.deepcopy(self._starting)
         return self.dataset.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resuming = self._loaded = True
+        self._starting = copy.deepcopy(state)
         self.dataset.load_state_dict(state)
 
 

@@ -125,7 +125,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         if isinstance(self.worker_init_fn, _WorkerSeeder):
             self.worker_init_fn.epoch = epoch
         if isinstance(self.dataset, EpochView):
-            self.dataset.channel.publish(epoch)
+            self.dataset.begin_pass(epoch)
 
     def _shutdown_current(self) -> None:
         """Retire the current iterator: stop its workers and make it raise if used again.
