@@ -360,6 +360,8 @@ class PhaseLoader:
     ``state_dict``/``load_state_dict``.
     """
 
+    KEY_FINISHED = "statefuldata_pass_finished"  # optional: resume into the next epoch
+
     def __init__(self, manager: DataLoaderManager, phase: str) -> None:
         self.manager, self.phase = manager, phase
 
@@ -377,7 +379,13 @@ class PhaseLoader:
         return self.manager.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a manager state; with ``KEY_FINISHED`` set, the next ``iter()`` is the next epoch."""
+        state = dict(state)
+        finished = state.pop(self.KEY_FINISHED, False)
         self.manager.load_state_dict(state)
+        saved = state.get(f"{self.phase}_iterator_state")
+        if finished and saved is not None:
+            self.manager.set_epoch(int(saved["epoch"]) + 1, self.phase)
 
     def close(self) -> None:
         self.manager.close()
