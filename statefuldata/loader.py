@@ -14,10 +14,11 @@ import torch
 from torch.utils.data import get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from statefuldata.epochs import EpochView, epoch_aware, report_epoch
+from statefuldata.epochs import report_epoch
 from statefuldata.protocols import StatefulSampler
 from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
+from statefuldata.views import EpochView, epoch_aware
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]

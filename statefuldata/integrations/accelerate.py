@@ -34,9 +34,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from statefuldata.epochs import EpochView
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.samplers import PositionSampler
+from statefuldata.views import EpochView
 
 __all__ = ["ResumableLoader"]
 

@@ -13,7 +13,7 @@ from statefuldata import (
     current_epoch,
     make_loader,
 )
-from tests.data import CountingStream, Ids
+from tests.data import CountingStream, Ids, PlainStream
 
 
 class EpochTagged(Ids):
@@ -36,6 +36,19 @@ class EpochAwareStream(CountingStream):
     def _generate(self):
         for item in super()._generate():
             yield item, self.epoch, current_epoch()
+
+
+class PlainEpochStream(PlainStream):
+    """Iterable with ``set_epoch`` but no state (skip fallback): items are (id, epoch)."""
+
+    epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        for item in super().__iter__():
+            yield item, self.epoch
 
 
 def _passes(loader, count):
@@ -110,6 +123,14 @@ def test_set_epoch_is_forwarded_to_the_dataset_in_every_worker_before_each_pass(
     for epoch, batches in enumerate(_passes(loader, 3)):
         assert sorted(i for ids, _, _ in batches for i in ids) == list(range(8))
         assert {e for _, given, reported in batches for e in given + reported} == {epoch}
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_set_epoch_reaches_a_stream_behind_the_skip_fallback(num_workers: int) -> None:
+    loader = make_loader(PlainEpochStream(6), batch_size=2, num_workers=num_workers)
+    for epoch, batches in enumerate(_passes(loader, 3)):
+        assert sorted(i for ids, _ in batches for i in ids) == list(range(6))
+        assert {e for _, given in batches for e in given} == {epoch}
 
 
 def test_current_epoch_outside_a_pass_is_an_error() -> None:
