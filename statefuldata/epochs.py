@@ -26,12 +26,10 @@ The view forwards any other attribute to the dataset (``loader.dataset.features`
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import multiprocessing
 import sys
 import threading
-from collections.abc import Iterator
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
@@ -39,7 +37,8 @@ from statefuldata.fallback import SkipFallback
 
 __all__ = ["current_epoch"]
 
-_local = threading.local()
+# ``.epoch``: what current_epoch() reports in this thread (views set it around each fetch)
+local_epoch = threading.local()
 
 
 def current_epoch() -> int:
@@ -61,7 +60,7 @@ def current_epoch() -> int:
     Raises:
         RuntimeError: outside any pass of such a loader.
     """
-    epoch = getattr(_local, "epoch", None)
+    epoch = getattr(local_epoch, "epoch", None)
     if epoch is None:
         raise RuntimeError(
             "current_epoch() is only known while a pass of a loader built by "
@@ -73,18 +72,7 @@ def current_epoch() -> int:
 
 def report_epoch(epoch: int) -> None:
     """Report ``epoch`` from :func:`current_epoch` in this process from now on (worker start-up)."""
-    _local.epoch = epoch
-
-
-@contextlib.contextmanager
-def producing(epoch: int) -> Iterator[None]:
-    """Report ``epoch`` from :func:`current_epoch` in this thread while the block runs."""
-    previous = getattr(_local, "epoch", None)
-    _local.epoch = epoch
-    try:
-        yield
-    finally:
-        _local.epoch = previous
+    local_epoch.epoch = epoch
 
 
 def forward_epoch(dataset: Any, epoch: int) -> None:
@@ -127,6 +115,10 @@ class EpochChannel:
     def publish(self, epoch: int) -> None:
         self._shared[1] = int(epoch)
         self._shared[0] += 1
+
+    @property
+    def generation(self) -> int:
+        return self._shared[0]
 
     def read(self) -> tuple[int, int]:
         shared = self._shared

@@ -161,7 +161,8 @@ class SeededStatefulDataLoader(StatefulDataLoader):
     def _next_pass(self) -> Any:
         if self._reusable():
             self._start_pass(self._next_epoch())
-            self._iterator._reset(self)  # type: ignore[union-attr]
+            iterator: Any = self._iterator  # type: ignore[has-type]
+            iterator._reset(self)
         else:
             self._iterator = self._get_iterator()
         return self._iterator
@@ -169,13 +170,15 @@ class SeededStatefulDataLoader(StatefulDataLoader):
     def __iter__(self) -> Any:
         # torchdata's own __iter__ resets persistent iterators without passing through
         # _get_iterator, so the epoch would never move; every pass start goes through _next_pass.
-        if self._initial_iter_for_state_dict:
+        state_dict_iterator: bool = self._initial_iter_for_state_dict  # type: ignore[has-type]
+        if state_dict_iterator:  # made by state_dict() before the first iter(): it is this pass
             self._initial_iter_for_state_dict = False
         else:
             self._next_pass()
-        if self._iterator._finished:  # type: ignore[union-attr]  # restored after its pass ended
-            self._next_pass()
-        return self._iterator
+        iterator: Any = self._iterator
+        if iterator._finished:  # restored from a state taken after its pass ended
+            iterator = self._next_pass()
+        return iterator
 
     def _get_iterator(self) -> Any:
         self._shutdown_current()

@@ -7,14 +7,13 @@ A view forwards any other attribute to its dataset and reports the dataset's own
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from statefuldata.epochs import EpochChannel, forward_epoch, producing, report_epoch
+from statefuldata.epochs import EpochChannel, forward_epoch, local_epoch, report_epoch
 from statefuldata.protocols import CheckpointableIterable
 from statefuldata.seeding import seed_worker
 
@@ -28,7 +27,8 @@ class EpochView:
         self.dataset = dataset
         self.channel = EpochChannel()
         self.seed, self.rank = seed, rank
-        self._seen = -1  # generation this process last entered
+        self._seen = -1  # generation this process last entered, and its epoch
+        self._seen_epoch = 0
 
     def __getattr__(self, name: str) -> Any:
         dataset = self.__dict__.get("dataset")
@@ -47,27 +47,27 @@ class EpochView:
         racing to update it.
         """
         self.channel.publish(epoch)
-        self._seen = self.channel.read()[0]
+        self._seen, self._seen_epoch = self.channel.read()
         self._forward_epoch(epoch)
 
     def worker_started(self) -> int:
         """Called by the worker seeder at worker start-up: enter the current pass without reseeding."""
-        generation, epoch = self.channel.read()
-        self._seen = generation
-        self._forward_epoch(epoch)
-        report_epoch(epoch)
-        return epoch
+        self._seen, self._seen_epoch = self.channel.read()
+        self._forward_epoch(self._seen_epoch)
+        report_epoch(self._seen_epoch)
+        return self._seen_epoch
 
     def _sync(self) -> int:
         """Epoch of the pass being produced; enter it first if it is new to this process."""
-        generation, epoch = self.channel.read()
-        if generation != self._seen:
-            self._seen = generation
-            info = get_worker_info()
-            if info is not None:  # a persistent worker starting another pass
-                seed_worker(info.id, seed=self.seed, epoch=epoch, rank=self.rank)
-                report_epoch(epoch)
-            self._forward_epoch(epoch)
+        if self.channel.generation == self._seen:  # the fast path, once per batch
+            return self._seen_epoch
+        self._seen, self._seen_epoch = self.channel.read()
+        epoch = self._seen_epoch
+        info = get_worker_info()
+        if info is not None:  # a persistent worker starting another pass
+            seed_worker(info.id, seed=self.seed, epoch=epoch, rank=self.rank)
+            report_epoch(epoch)
+        self._forward_epoch(epoch)
         return epoch
 
     def _forward_epoch(self, epoch: int) -> None:
@@ -81,20 +81,22 @@ class EpochAwareMap(EpochView, Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: Any) -> Any:
-        epoch = self._sync()
-        if get_worker_info() is not None:
+        epoch, previous = self._sync(), getattr(local_epoch, "epoch", None)
+        local_epoch.epoch = epoch
+        try:
             return self.dataset[index]
-        with producing(epoch):
-            return self.dataset[index]
+        finally:
+            local_epoch.epoch = previous
 
     def __getitems__(self, indices: list[Any]) -> list[Any]:
-        epoch = self._sync()
-        getitems = getattr(self.dataset, "__getitems__", None)
-        with contextlib.nullcontext() if get_worker_info() is not None else producing(epoch):
-            if callable(getitems):
-                return getitems(indices)
+        epoch, previous = self._sync(), getattr(local_epoch, "epoch", None)
+        local_epoch.epoch = epoch
+        try:
             dataset = self.dataset
-            return [dataset[i] for i in indices]
+            getitems = getattr(dataset, "__getitems__", None)
+            return getitems(indices) if getitems is not None else [dataset[i] for i in indices]
+        finally:
+            local_epoch.epoch = previous
 
 
 class StatefulEpochAwareMap(EpochAwareMap):
@@ -137,19 +139,23 @@ class EpochAwareIterable(EpochView, IterableDataset):
         return self._items(iter(self.dataset), epoch, get_worker_info() is not None)
 
     def _items(self, items: Iterator[Any], epoch: int, in_worker: bool) -> Iterator[Any]:
-        if self._starting is not None:
-            with contextlib.nullcontext() if in_worker else producing(epoch):
+        if in_worker:  # a worker produces one pass at a time: its epoch is already reported
+            if self._starting is not None:
                 first = next(items, _END)
-            self._starting = None
-            if first is _END:
-                return
-            yield first
-        if in_worker:
+                self._starting = None
+                if first is _END:
+                    return
+                yield first
             yield from items
             return
-        while True:
-            with producing(epoch):
+        while True:  # the main process may interleave passes of several loaders
+            previous = getattr(local_epoch, "epoch", None)
+            local_epoch.epoch = epoch
+            try:
                 item = next(items, _END)
+            finally:
+                local_epoch.epoch = previous
+            self._starting = None
             if item is _END:
                 return
             yield item

@@ -99,8 +99,8 @@ class ResumableLoader:
         resume, self._resume, self._requested = self._resume, None, None
         self._epoch, self._batches = epoch, 0 if resume is None else resume[1]
         self.loader.set_epoch(epoch)  # accelerate's counter and our sampler's next pass
-        worker_init_fn = getattr(self.loader, "worker_init_fn", None)
-        if hasattr(worker_init_fn, "epoch"):
+        worker_init_fn: Any = getattr(self.loader, "worker_init_fn", None)
+        if hasattr(worker_init_fn, "epoch"):  # statefuldata's worker seeder
             worker_init_fn.epoch = epoch
         dataset = getattr(self.loader, "dataset", None)
         if isinstance(dataset, EpochView):
