@@ -23,6 +23,7 @@ from statefuldata.protocols import StatefulSampler
 from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
 from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
+from statefuldata.torchdata_state import report_pending_samples
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]
@@ -271,7 +272,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
             return super()._get_iterator()
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+        state = report_pending_samples(self, super().state_dict())
         return {**state, self.KEY_EPOCH: self._epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
