@@ -23,7 +23,7 @@ from statefuldata.protocols import StatefulSampler
 from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
 from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
-from statefuldata.torchdata_state import report_pending_samples
+from statefuldata.torchdata_state import discard_pending_restore, report_pending_samples
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]
@@ -260,6 +260,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         else:
             self._next_pass()
         if self._iterator._finished:  # type: ignore[union-attr]  # restored after its pass ended
+            discard_pending_restore(self)
             self._next_pass()
         return self._iterator
 

@@ -40,6 +40,7 @@ __all__ = [
     "PRIVATE_ATTRIBUTES",
     "SINGLE_PROCESS_KEYS",
     "batch_sampler_key",
+    "discard_pending_restore",
     "installed_batch_sampler_key",
     "join_state",
     "report_pending_samples",
@@ -209,3 +210,18 @@ def report_pending_samples(loader: Any, state: dict[str, Any]) -> dict[str, Any]
     if isinstance(pending, int) and _is_torchdata_batch_state(batch):
         state = {**state, KEY_INDEX_SAMPLER_STATE: {**batch, KEY_SAMPLES_YIELDED: pending}}
     return state
+
+
+def discard_pending_restore(loader: Any) -> None:
+    """Make the next pass of ``loader`` a fresh one, dropping a restore torchdata < 0.11 holds back.
+
+    Its ``BatchSampler`` (0 workers) keeps a loaded position until iteration starts, so when the
+    restored pass had already ended, the fresh pass that follows would resume that position and
+    yield nothing. A no-op from torchdata 0.11 on (the position lives in each pass's iterator).
+    """
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if getattr(batch_sampler, "next_yielded", None) is None:
+        return
+    batch_sampler.next_yielded = None
+    batch_sampler.sampler_iter = iter(batch_sampler.sampler)
+    batch_sampler.samples_yielded = 0
