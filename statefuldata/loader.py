@@ -23,7 +23,7 @@ from statefuldata.protocols import StatefulSampler
 from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
 from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
-from statefuldata.torchdata_state import discard_pending_restore, report_pending_samples
+from statefuldata.torchdata_state import start_passes_at_iter
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]
@@ -166,6 +166,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        start_passes_at_iter(self)  # torchdata < 0.11: a pass starts at iter(), as from 0.11 on
         self._epoch = -1
         self._restored_epoch: int | None = None
         self._requested: int | None = None
@@ -260,7 +261,6 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         else:
             self._next_pass()
         if self._iterator._finished:  # type: ignore[union-attr]  # restored after its pass ended
-            discard_pending_restore(self)
             self._next_pass()
         return self._iterator
 
@@ -273,7 +273,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
             return super()._get_iterator()
 
     def state_dict(self) -> dict[str, Any]:
-        state = report_pending_samples(self, super().state_dict())
+        state = super().state_dict()
         return {**state, self.KEY_EPOCH: self._epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

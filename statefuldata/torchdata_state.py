@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
+
+from torch.utils.data.dataloader import _InfiniteConstantSampler
+from torchdata.stateful_dataloader import Stateful
+from torchdata.stateful_dataloader.sampler import BatchSampler
 
 __all__ = [
     "KEY_DATASET_STATE",
@@ -40,11 +46,10 @@ __all__ = [
     "PRIVATE_ATTRIBUTES",
     "SINGLE_PROCESS_KEYS",
     "batch_sampler_key",
-    "discard_pending_restore",
     "installed_batch_sampler_key",
     "join_state",
-    "report_pending_samples",
     "split_state",
+    "start_passes_at_iter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,30 +203,43 @@ def join_state(sampler: Any, dataset: Any, rest: dict[str, Any] | None) -> Any:
     return state
 
 
-def report_pending_samples(loader: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """Fix the stale sample count torchdata < 0.11 reports between a restore and the next batch.
+class _PassAtIterBatchSampler(BatchSampler):
+    """torchdata < 0.11's ``BatchSampler``, starting each pass when ``iter()`` is called.
 
-    Its ``BatchSampler`` applies a loaded ``samples_yielded`` only when iteration starts, and
-    reports the old count until then; a loader restored from that state would not start its next
-    pass. ``state`` is the single-process state of ``loader``; returned fixed, or as is.
+    Its own ``__iter__`` is a generator: a loaded position, or the fresh sampler iterator of a new
+    pass, is taken up only at the first batch, and until then its state is the previous pass's.
+    A snapshot taken at a pass start (torchdata's multi-process step-0 snapshot) or right after a
+    restore then resumes the wrong pass, and a fresh pass after a restored one that had ended
+    yields nothing. Here ``iter()`` does that work at once, as torchdata 0.11's batch sampler
+    iterator does; batches and state are otherwise the same.
     """
-    pending = getattr(getattr(loader, "batch_sampler", None), "next_yielded", None)
-    batch = state.get(KEY_INDEX_SAMPLER_STATE)
-    if isinstance(pending, int) and _is_torchdata_batch_state(batch):
-        state = {**state, KEY_INDEX_SAMPLER_STATE: {**batch, KEY_SAMPLES_YIELDED: pending}}
-    return state
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.next_yielded is not None:  # a loaded position: this pass resumes it
+            self.samples_yielded, self.next_yielded = self.next_yielded, None
+            replays = not isinstance(self.sampler, (Stateful, _InfiniteConstantSampler))
+            if replays and not isinstance(self.sampler_iter, Stateful):
+                for _ in range(self.samples_yielded):
+                    next(self.sampler_iter)
+        elif self.samples_yielded > 0:  # a new pass
+            self.sampler_iter, self.samples_yielded = iter(self.sampler), 0
+        return self._batches()
+
+    def _batches(self) -> Iterator[list[int]]:
+        while True:
+            batch = list(itertools.islice(self.sampler_iter, self.batch_size))
+            self.samples_yielded += len(batch)
+            if not batch or (self.drop_last and len(batch) < self.batch_size):
+                return
+            yield batch
 
 
-def discard_pending_restore(loader: Any) -> None:
-    """Make the next pass of ``loader`` a fresh one, dropping a restore torchdata < 0.11 holds back.
+def start_passes_at_iter(loader: Any) -> None:
+    """Give ``loader`` torchdata 0.11's pass start under torchdata < 0.11 (see above).
 
-    Its ``BatchSampler`` (0 workers) keeps a loaded position until iteration starts, so when the
-    restored pass had already ended, the fresh pass that follows would resume that position and
-    yield nothing. A no-op from torchdata 0.11 on (the position lives in each pass's iterator).
+    Applies to torchdata's own ``BatchSampler`` of those versions (the one ``batch_size=`` makes),
+    in place; a no-op from torchdata 0.11 on and for any other batch sampler.
     """
     batch_sampler = getattr(loader, "batch_sampler", None)
-    if getattr(batch_sampler, "next_yielded", None) is None:
-        return
-    batch_sampler.next_yielded = None
-    batch_sampler.sampler_iter = iter(batch_sampler.sampler)
-    batch_sampler.samples_yielded = 0
+    if type(batch_sampler) is BatchSampler and hasattr(batch_sampler, "next_yielded"):
+        batch_sampler.__class__ = _PassAtIterBatchSampler

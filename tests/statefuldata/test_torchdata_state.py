@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import BatchSampler
 
-from statefuldata import ShuffledSampler, make_loader
+from statefuldata import ShuffledSampler, make_loader, verify_resume
 from statefuldata.torchdata_state import (
     KEY_DATASET_STATE,
     KEY_FETCHER_STATE,
@@ -29,8 +30,8 @@ from statefuldata.torchdata_state import (
     batch_sampler_key,
     installed_batch_sampler_key,
     join_state,
-    report_pending_samples,
     split_state,
+    start_passes_at_iter,
 )
 from tests.data import CountingStream, Ids
 
@@ -291,8 +292,35 @@ def test_a_loader_restored_after_its_pass_raised_stop_starts_a_fresh_pass() -> N
         assert [ids(list(restored)) for _ in range(2)] == expected
 
 
-def test_report_pending_samples_leaves_other_states_alone() -> None:
-    loader = map_loader(0)
-    state, _ = state_after(loader, 2)
-    assert report_pending_samples(loader, state) == state
-    assert report_pending_samples(object(), {"x": 1}) == {"x": 1}
+def test_a_state_taken_at_a_pass_start_is_the_new_pass() -> None:
+    """torchdata < 0.11 reported the previous pass here, until the first batch."""
+    loader = make_loader(Ids(6), batch_size=BATCH, shuffle=True)
+    assert len(list(loader)) == 3
+    iter(loader)
+    batch = sampler_part(loader.state_dict())[installed_batch_sampler_key()]
+    assert batch[KEY_SAMPLES_YIELDED] == 0
+    assert (batch[KEY_SAMPLER_STATE]["epoch"], batch[KEY_SAMPLER_STATE]["position"]) == (1, 0)
+
+
+@pytest.mark.slow
+def test_states_replayed_from_a_pass_start_snapshot_resume_exactly() -> None:
+    """With workers, torchdata restores the last snapshot and replays the batches after it; a
+    snapshot at the start of a second pass held the first pass's end under torchdata < 0.11."""
+
+    def build() -> StatefulDataLoader:
+        return make_loader(
+            Ids(N), batch_size=BATCH, shuffle=True, num_workers=2, snapshot_every_n_steps=4
+        )
+
+    report = verify_resume(build, epochs=2, points=[1, 5, 6, 8, 10])
+    assert report.ok, report.first_mismatch
+
+
+def test_start_passes_at_iter_touches_only_torchdata_batch_samplers_before_0_11() -> None:
+    loader = make_loader(Ids(N), batch_size=BATCH)
+    old = hasattr(loader.batch_sampler, "next_yielded")
+    assert (type(loader.batch_sampler) is not BatchSampler) == old
+    unbatched = StatefulDataLoader(Ids(N), batch_size=None)
+    start_passes_at_iter(unbatched)  # no batch sampler: nothing to do
+    assert unbatched.batch_sampler is None
+    start_passes_at_iter(object())
