@@ -1,8 +1,9 @@
 """Where torchdata keeps things inside ``StatefulDataLoader.state_dict()``, and our edits of it.
 
 Every torchdata-private key this package reads or writes is a constant here, and every edit of a
-torchdata state (the v1 split and join, a fix for a stale count) is a function here. The layout was
-checked against torchdata 0.8.0, 0.9.0, 0.10.0, 0.10.1 and 0.11.0, with torch 2.13;
+torchdata state (the v1 split and join) or of its behaviour (:func:`start_passes_at_iter`, for
+torchdata < 0.11) is a function here. Checked against torchdata 0.8.0, 0.9.0, 0.10.0, 0.10.1 and
+0.11.0 with torch 2.13 (0.8 to 0.10 share one ``stateful_dataloader`` implementation);
 ``tests/statefuldata/test_torchdata_state.py`` pins it for the installed version, so an upgrade
 that moves a key fails there, naming the key.
 
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data.dataloader import _InfiniteConstantSampler
-from torchdata.stateful_dataloader import Stateful
+from torchdata.stateful_dataloader import Stateful, StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import BatchSampler
 
 __all__ = [
@@ -99,8 +100,6 @@ def installed_batch_sampler_key() -> str:
 
     Found by asking a one-item loader, not from the version number.
     """
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
         state = StatefulDataLoader([0], batch_size=1).state_dict()
@@ -213,6 +212,11 @@ class _PassAtIterBatchSampler(BatchSampler):
     yields nothing. Here ``iter()`` does that work at once, as torchdata 0.11's batch sampler
     iterator does; batches and state are otherwise the same.
     """
+
+    # Set by torchdata < 0.11's BatchSampler.__init__ (declared for type checkers).
+    next_yielded: int | None
+    samples_yielded: int
+    sampler_iter: Iterator[int]
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.next_yielded is not None:  # a loaded position: this pass resumes it
