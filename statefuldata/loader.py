@@ -23,6 +23,7 @@ from statefuldata.protocols import StatefulSampler
 from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
 from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
+from statefuldata.torchdata_state import start_passes_at_iter
 from statefuldata.views import EpochView, epoch_aware
 from statefuldata.wrapping import checkpointable, is_map_style
 
@@ -166,6 +167,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        start_passes_at_iter(self)  # torchdata < 0.11: a pass starts at iter(), as from 0.11 on
         self._epoch = -1
         self._restored_epoch: int | None = None
         self._requested: int | None = None
