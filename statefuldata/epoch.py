@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
-from statefuldata.loader import SeededStatefulDataLoader, close_loader, frozen_heap_for_fork
 from statefuldata.schedule import build_schedule, quotas, rng_state_from_plain
+from statefuldata.seeded_loader import SeededStatefulDataLoader
+from statefuldata.state import KEYS_ITERATOR as KEYS_ITERATOR
 from statefuldata.state import STATE_VERSION, split_loader_state
+from statefuldata.workers import close_loader, frozen_heap_for_fork
 
 __all__ = [
     "Cursor",
@@ -35,18 +37,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SKIPPED = object()
-KEYS_ITERATOR = (
-    "schedule_position",
-    "loader_states",
-    "total_batches",
-    "loader_cycles",
-    "prefetched_batches",
-    "epoch",
-    "fingerprint",
-    "version",
-    "loader_batches",
-    "loader_samples",
-)
 
 
 def _samples_in(batch: Any) -> int:

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.epoch import (
-    KEYS_ITERATOR,
     Cursor,
     EpochIterator,
     Group,
@@ -26,17 +25,18 @@ from statefuldata.epoch import (
     park_pass,
 )
 from statefuldata.errors import IncompatibleStateError
-from statefuldata.loader import ignore_signals_in_workers
+from statefuldata.phase_loader import PhaseLoader
 from statefuldata.schedule import (
     choice_rng_for_epoch,
     epoch_length,
     rng_state_to_plain,
 )
 from statefuldata.state import (
-    STATE_VERSION,
     DataLoaderState,
+    check_iterator_state,
     join_loader_state,
 )
+from statefuldata.workers import ignore_signals_in_workers
 
 __all__ = ["DataLoaderManager", "EpochIterator", "PhaseLoader"]
 
@@ -305,7 +305,13 @@ class DataLoaderManager:
             if iterator_state is None:
                 continue
             group = self._group(phase)
-            self._check_iterator_state(group, iterator_state, strict)
+            check_iterator_state(
+                group.phase,
+                iterator_state,
+                n_loaders=len(group.cursors),
+                fingerprint=group.fingerprint,
+                strict=strict,
+            )
             group.generation += 1
             for cursor, raw in zip(group.cursors, iterator_state["loader_states"]):
                 entry = DataLoaderState.from_dict(raw)
@@ -329,33 +335,6 @@ class DataLoaderManager:
                 iterator_state["prefetched_batches"],
             )
 
-    def _check_iterator_state(self, group: Group, state: dict[str, Any], strict: bool) -> None:
-        if not isinstance(state, dict) or set(state) != set(KEYS_ITERATOR):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise IncompatibleStateError(
-                f"{group.phase} iterator state must have keys {sorted(KEYS_ITERATOR)} (got {got})"
-            )
-        if state["version"] != STATE_VERSION:
-            raise IncompatibleStateError(
-                f"{group.phase} iterator state has version {state['version']}, this library reads "
-                f"version {STATE_VERSION}; upgrade statefuldata to read it"
-            )
-        if len(state["loader_states"]) != len(group.cursors):
-            raise IncompatibleStateError(
-                f"{group.phase} state has {len(state['loader_states'])} loaders, this manager has "
-                f"{len(group.cursors)}; rebuild the pipeline the state was taken with"
-            )
-        if strict and state["fingerprint"] != group.fingerprint:
-            diff = {
-                key: {"saved": state["fingerprint"].get(key), "current": value}
-                for key, value in group.fingerprint.items()
-                if state["fingerprint"].get(key) != value
-            }
-            raise IncompatibleStateError(
-                f"{group.phase} state was taken under another configuration: {diff}. Rebuild the "
-                "pipeline with the saved configuration, or pass strict=False to load it anyway"
-            )
-
     def as_loader(self, phase: str = "train") -> PhaseLoader:
         """View one phase as a loader whose passes are epochs, e.g. for :func:`verify_resume`."""
         self._group(phase)
@@ -369,42 +348,3 @@ class DataLoaderManager:
                 f"no {phase} epoch has been iterated yet; call create_epoch_iterator first"
             )
         return current.proportions()
-
-
-class PhaseLoader:
-    """A manager phase seen as one loader: each ``iter()`` is the next epoch (see :meth:`as_loader`).
-
-    ``set_epoch(e)`` chooses the epoch of the next ``iter()``, torch's convention; an epoch in flight
-    and a loaded position are kept. Lightning and other frameworks carry its state through
-    ``state_dict``/``load_state_dict``.
-    """
-
-    KEY_FINISHED = "statefuldata_pass_finished"  # optional: resume into the next epoch
-
-    def __init__(self, manager: DataLoaderManager, phase: str) -> None:
-        self.manager, self.phase = manager, phase
-
-    def __iter__(self) -> EpochIterator:
-        return self.manager.create_epoch_iterator(self.phase)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch of the next ``iter()`` (see :meth:`DataLoaderManager.set_epoch`)."""
-        self.manager.set_epoch(epoch, self.phase)
-
-    def __len__(self) -> int:
-        return self.manager.epoch_length(self.phase)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.manager.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load a manager state; with ``KEY_FINISHED`` set, the next ``iter()`` is the next epoch."""
-        state = dict(state)
-        finished = state.pop(self.KEY_FINISHED, False)
-        self.manager.load_state_dict(state)
-        saved = state.get(f"{self.phase}_iterator_state")
-        if finished and saved is not None:
-            self.manager.set_epoch(int(saved["epoch"]) + 1, self.phase)
-
-    def close(self) -> None:
-        self.manager.close()

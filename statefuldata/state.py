@@ -16,10 +16,22 @@ import attrs
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.torchdata_state import join_state, split_state
 
-__all__ = ["DataLoaderState", "join_loader_state", "split_loader_state"]
+__all__ = ["DataLoaderState", "check_iterator_state", "join_loader_state", "split_loader_state"]
 
 STATE_VERSION = 1
 KEY_LOADER_STATE = "loader_state"
+KEYS_ITERATOR = (
+    "schedule_position",
+    "loader_states",
+    "total_batches",
+    "loader_cycles",
+    "prefetched_batches",
+    "epoch",
+    "fingerprint",
+    "version",
+    "loader_batches",
+    "loader_samples",
+)
 
 
 @attrs.define
@@ -61,3 +73,39 @@ def split_loader_state(state: dict[str, Any] | None) -> DataLoaderState:
 def join_loader_state(entry: DataLoaderState) -> dict[str, Any] | None:
     """Inverse of :func:`split_loader_state`: the loader's own state, ready for load_state_dict."""
     return join_state(entry.sampler_state, entry.dataset_state, entry.loader_state)
+
+
+def check_iterator_state(
+    phase: str,
+    state: dict[str, Any],
+    *,
+    n_loaders: int,
+    fingerprint: dict[str, Any],
+    strict: bool,
+) -> None:
+    """Raise ``IncompatibleStateError`` unless ``state`` is an iterator state this phase can load."""
+    if not isinstance(state, dict) or set(state) != set(KEYS_ITERATOR):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise IncompatibleStateError(
+            f"{phase} iterator state must have keys {sorted(KEYS_ITERATOR)} (got {got})"
+        )
+    if state["version"] != STATE_VERSION:
+        raise IncompatibleStateError(
+            f"{phase} iterator state has version {state['version']}, this library reads "
+            f"version {STATE_VERSION}; upgrade statefuldata to read it"
+        )
+    if len(state["loader_states"]) != n_loaders:
+        raise IncompatibleStateError(
+            f"{phase} state has {len(state['loader_states'])} loaders, this manager has "
+            f"{n_loaders}; rebuild the pipeline the state was taken with"
+        )
+    if strict and state["fingerprint"] != fingerprint:
+        diff = {
+            key: {"saved": state["fingerprint"].get(key), "current": value}
+            for key, value in fingerprint.items()
+            if state["fingerprint"].get(key) != value
+        }
+        raise IncompatibleStateError(
+            f"{phase} state was taken under another configuration: {diff}. Rebuild the "
+            "pipeline with the saved configuration, or pass strict=False to load it anyway"
+        )
