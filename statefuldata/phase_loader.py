@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from statefuldata.epoch import EpochIterator
+from statefuldata.phase import Phase
+from statefuldata.state import KEY_EPOCH
 
 __all__ = ["PhaseLoader"]
 
@@ -12,11 +14,13 @@ __all__ = ["PhaseLoader"]
 class _Scheduler(Protocol):
     """What a :class:`PhaseLoader` needs of its manager (:class:`statefuldata.DataLoaderManager`)."""
 
-    def create_epoch_iterator(self, phase: str = ..., epoch: int | None = ...) -> EpochIterator: ...
+    def create_epoch_iterator(
+        self, phase: Phase | str = ..., epoch: int | None = ...
+    ) -> EpochIterator: ...
 
-    def set_epoch(self, epoch: int, phase: str = ...) -> None: ...
+    def set_epoch(self, epoch: int, phase: Phase | str = ...) -> None: ...
 
-    def epoch_length(self, phase: str = ...) -> int: ...
+    def epoch_length(self, phase: Phase | str = ...) -> int: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -35,7 +39,7 @@ class PhaseLoader:
 
     KEY_FINISHED = "statefuldata_pass_finished"  # optional: resume into the next epoch
 
-    def __init__(self, manager: _Scheduler, phase: str) -> None:
+    def __init__(self, manager: _Scheduler, phase: Phase | str) -> None:
         self.manager, self.phase = manager, phase
 
     def __iter__(self) -> EpochIterator:
@@ -56,9 +60,9 @@ class PhaseLoader:
         state = dict(state)
         finished = state.pop(self.KEY_FINISHED, False)
         self.manager.load_state_dict(state)
-        saved = state.get(f"{self.phase}_iterator_state")
+        saved = state.get(Phase.of(self.phase).state_key)
         if finished and saved is not None:
-            self.manager.set_epoch(int(saved["epoch"]) + 1, self.phase)
+            self.manager.set_epoch(int(saved[KEY_EPOCH]) + 1, self.phase)
 
     def close(self) -> None:
         self.manager.close()
