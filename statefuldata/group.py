@@ -22,6 +22,7 @@ from statefuldata.errors import IncompatibleStateError
 from statefuldata.phase import Phase, PhasePlan, fingerprint_of
 from statefuldata.schedule import choice_rng_for_epoch, epoch_length, rng_state_to_plain
 from statefuldata.state import IteratorState
+from statefuldata.validators import check_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,6 @@ def _adopt(loader: Any, name: str) -> Any:
     if isinstance(loader, DataLoader) or hasattr(loader, "__iter__"):
         return SkipBatchesLoader(loader, name=name)
     raise TypeError(f"loader {name!r} must be iterable (got {type(loader).__name__})")
-
-
-def check_epoch(epoch: Any) -> int:
-    """``epoch`` if it is an int >= 0; raises ``ValueError`` otherwise."""
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
-    return epoch
 
 
 class PhaseGroup:

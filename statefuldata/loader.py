@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -16,6 +17,7 @@ from statefuldata.seeded_loader import _RetiredIterator as _RetiredIterator
 from statefuldata.seeded_loader import quiet_stateful_dataloader as quiet_stateful_dataloader
 from statefuldata.seeding import derive_seed
 from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
+from statefuldata.validators import check_int
 from statefuldata.views import epoch_aware
 from statefuldata.workers import WORKER_IGNORED_SIGNALS as WORKER_IGNORED_SIGNALS
 from statefuldata.workers import _SignalShield as _SignalShield
@@ -30,10 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 def _check(name: str, value: Any, *, minimum: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, np.integer):  # make_loader's integers are Python ints
         raise TypeError(f"'{name}' must be an int (got {value!r})")
-    if value < minimum:
-        raise ValueError(f"'{name}' must be >= {minimum} (got {value}); {hint}")
+    check_int(name, value, minimum=minimum, hint=hint)
 
 
 def make_loader(

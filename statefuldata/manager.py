@@ -16,9 +16,10 @@ from typing import Any
 from statefuldata.config import MultiDataLoaderConfig
 from statefuldata.epoch import EpochIterator
 from statefuldata.errors import IncompatibleStateError
-from statefuldata.group import PhaseGroup, check_epoch
+from statefuldata.group import PhaseGroup
 from statefuldata.phase import Phase
 from statefuldata.phase_loader import PhaseLoader
+from statefuldata.validators import check_epoch
 from statefuldata.workers import ignore_signals_in_workers
 
 __all__ = ["DataLoaderManager", "EpochIterator", "PhaseLoader"]

@@ -28,6 +28,7 @@ import torch
 
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.seeding import derive_seed
+from statefuldata.validators import check_epoch
 
 __all__ = [
     "build_schedule",
@@ -254,8 +255,7 @@ def build_schedule(
         >>> build_schedule(cfg, [3, 1, 2], epoch=0)
         [0, 1, 2, 0, 2, 0]
     """
-    if not _is_int(epoch) or epoch < 0:
-        raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+    check_epoch(epoch)
     total = epoch_length(config, lengths)
     if total == 0:
         return []

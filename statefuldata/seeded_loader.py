@@ -10,6 +10,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from statefuldata.samplers import PositionSampler
 from statefuldata.torchdata_state import start_passes_at_iter
+from statefuldata.validators import check_epoch
 from statefuldata.views import EpochView
 from statefuldata.workers import _WorkerSeeder, frozen_heap_for_fork
 
@@ -71,8 +72,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         Forwarded to the sampler when it has ``set_epoch``. A loaded state still resumes its own
         epoch (see :meth:`ShuffledSampler.set_epoch <statefuldata.ShuffledSampler.set_epoch>`).
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        check_epoch(epoch)
         set_sampler_epoch = getattr(self.sampler, "set_epoch", None)
         if callable(set_sampler_epoch):
             set_sampler_epoch(epoch)
