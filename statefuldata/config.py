@@ -95,7 +95,9 @@ def _to_names(value: object) -> tuple[str, ...] | None:
     return tuple(items)
 
 
-def _check_weights(_inst: object, _attr: attrs.Attribute, value: tuple[float, ...] | None) -> None:
+def _check_weights(
+    _inst: object, _attr: attrs.Attribute[Any], value: tuple[float, ...] | None
+) -> None:
     if value is None:
         return
     if not value:
@@ -119,7 +121,9 @@ def _check_weights(_inst: object, _attr: attrs.Attribute, value: tuple[float, ..
         )
 
 
-def _check_pattern(_inst: object, _attr: attrs.Attribute, value: tuple[int, ...] | None) -> None:
+def _check_pattern(
+    _inst: object, _attr: attrs.Attribute[Any], value: tuple[int, ...] | None
+) -> None:
     if value is None:
         return
     if not value:
@@ -143,7 +147,7 @@ def _check_unique(label: str, names: tuple[str, ...]) -> None:
         )
 
 
-def _check_names(_inst: object, _attr: attrs.Attribute, value: tuple[str, ...] | None) -> None:
+def _check_names(_inst: object, _attr: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
     if value is not None:
         _check_unique("'dataloader_names'", value)
 
@@ -152,7 +156,7 @@ def _to_bool(value: object) -> object:
     return bool(value) if isinstance(value, np.bool_) else value
 
 
-def _check_bool(_inst: object, attr: attrs.Attribute, value: object) -> None:
+def _check_bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"'{attr.name}' must be True or False (got {value!r})")
 

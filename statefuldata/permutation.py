@@ -60,7 +60,8 @@ class FeistelPermutation:
             f *= _MUL2
             f ^= f >> _S2
             left, right = right, left ^ (f & mask)
-        return (left << half) | right
+        out: np.ndarray = (left << half) | right
+        return out
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         """Map an array of positions in ``[0, n)`` to their permuted values (int64)."""

@@ -103,9 +103,10 @@ class PositionSampler:
     @property
     def position(self) -> int:
         """Samples of the current epoch already handed out by this rank."""
-        if self._chunk_iter is None:
+        if self._chunk_iter is None or self._chunk is None:
             return self._position
-        return self._chunk_start + len(self._chunk) - self._chunk_iter.__length_hint__()
+        left: int = self._chunk_iter.__length_hint__()
+        return self._chunk_start + len(self._chunk) - left
 
     def _advances(self) -> bool:
         """Whether the next ``iter()`` starts a new pass (the current one began or has nothing left)."""

@@ -266,7 +266,8 @@ def build_schedule(
         if rng is None:
             rng = choice_rng_for_epoch(config, int(epoch))
         picks = rng.choice(len(probs), size=-(-total // burst), p=probs / probs.sum())
-        return np.repeat(picks, burst)[:total].tolist()
+        drawn: list[int] = np.repeat(picks, burst)[:total].tolist()
+        return drawn
     counts = quotas(config, lengths, total)
     if strategy is _S.SEQUENTIAL:
         return [i for i, c in enumerate(counts) for _ in range(c)]

@@ -37,7 +37,7 @@ class _RetiredIterator:
 _RETIRED_CLASSES: dict[type, type] = {}
 
 
-class SeededStatefulDataLoader(StatefulDataLoader):
+class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
     """A ``StatefulDataLoader`` that knows the epoch of each pass and tells its workers.
 
     The epoch of a new pass is, in this order: the one recorded in a loaded state (a resumed pass

@@ -42,7 +42,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _stream(_instance: object, _attribute: attrs.Attribute, value: object) -> None:
+def _stream(_instance: object, _attribute: attrs.Attribute[Any], value: object) -> None:
     if is_map_style(value):
         raise TypeError(
             f"ShuffleBuffer shuffles streams; {type(value).__name__} is map-style (__getitem__ and "
@@ -69,7 +69,8 @@ def window_order(key: int, count: int) -> list[int]:
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
     z ^= z >> np.uint64(31)
-    return np.argsort(z, kind="stable").tolist()
+    order: list[int] = np.argsort(z, kind="stable").tolist()
+    return order
 
 
 def _loader_epoch(default: int) -> int:
@@ -80,7 +81,7 @@ def _loader_epoch(default: int) -> int:
 
 
 @attrs.define(eq=False)
-class ShuffleBuffer(IterableDataset):
+class ShuffleBuffer(IterableDataset[Any]):
     """Shuffle a stream through a window of ``buffer_size`` items; resumes exactly.
 
     ``dataset`` may be checkpointable (``state_dict``/``load_state_dict``: restores seek there) or a

@@ -83,7 +83,10 @@ def split_loader_state(state: dict[str, Any] | None) -> DataLoaderState:
 
 def join_loader_state(entry: DataLoaderState) -> dict[str, Any] | None:
     """Inverse of :func:`split_loader_state`: the loader's own state, ready for load_state_dict."""
-    return join_state(entry.sampler_state, entry.dataset_state, entry.loader_state)
+    joined: dict[str, Any] | None = join_state(
+        entry.sampler_state, entry.dataset_state, entry.loader_state
+    )
+    return joined
 
 
 @attrs.frozen(kw_only=True)

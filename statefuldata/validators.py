@@ -102,7 +102,7 @@ def int_at_least(
 def check_epoch(epoch: object) -> int:
     """``epoch`` if it is an int >= 0; raises ``ValueError`` otherwise."""
     check_int("epoch", epoch, minimum=0, single=True)
-    return int(epoch)  # type: ignore[call-overload]
+    return int(epoch)  # type: ignore[call-overload,no-any-return]
 
 
 def numpy_int_to_int(value: object) -> object:
