@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from typing import Any
 
+import attrs
+from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from statefuldata.samplers import PositionSampler
-from statefuldata.torchdata_state import start_passes_at_iter
+from statefuldata.torchdata_state import snapshot_now, start_passes_at_iter
 from statefuldata.validators import check_epoch
 from statefuldata.views import EpochView
-from statefuldata.workers import _WorkerSeeder, frozen_heap_for_fork
+from statefuldata.workers import _WorkerSeeder, close_at_exit, frozen_heap_for_fork
 
 __all__ = ["SeededStatefulDataLoader"]
 
@@ -161,12 +164,36 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
         self._start_pass(self._next_epoch())
         if self.num_workers == 0:
             return super()._get_iterator()
+        close_at_exit(self)
         with frozen_heap_for_fork():
             return super()._get_iterator()
 
     def state_dict(self) -> dict[str, Any]:
+        """torchdata's state, taken at the last batch consumed, with the epoch of the pass.
+
+        With workers over a map-style dataset and one of our samplers, the state is always as of
+        this step (see :func:`~statefuldata.torchdata_state.snapshot_now`): a restore then loads no
+        batch it does not yield, whatever ``snapshot_every_n_steps`` is.
+        """
         state = super().state_dict()
+        if (
+            self.num_workers > 0
+            and self.batch_size is not None
+            and isinstance(self.sampler, PositionSampler)
+            and not isinstance(self.dataset, IterableDataset)
+        ):
+            state = snapshot_now(state, self._advance_sampler, self.batch_size)
         return {**state, self.KEY_EPOCH: self._epoch}
+
+    def _advance_sampler(self, state: Any, samples: int) -> Any:
+        """The state of our sampler ``samples`` indices after ``state`` in its pass, else None."""
+        if not isinstance(state, dict):
+            return None
+        scratch = attrs.evolve(self.sampler)  # same configuration, none of the live iteration
+        scratch.load_state_dict(state)
+        if sum(1 for _ in itertools.islice(iter(scratch), samples)) < samples:
+            return None  # the pass ends before: leave it to torchdata's replay
+        return scratch.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)

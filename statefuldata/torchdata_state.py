@@ -25,7 +25,7 @@ import functools
 import itertools
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data.dataloader import _InfiniteConstantSampler
@@ -49,6 +49,7 @@ __all__ = [
     "batch_sampler_key",
     "installed_batch_sampler_key",
     "join_state",
+    "snapshot_now",
     "split_state",
     "start_passes_at_iter",
 ]
@@ -64,6 +65,12 @@ KEY_DATASET_STATE = "dataset_state"
 KEY_FETCHER_STATE = "fetcher_state"
 KEY_NUM_YIELDED = "_num_yielded"
 KEY_ITERATOR_FINISHED = "_iterator_finished"
+#: Multi-process only: the step of the worker snapshot, the batches yielded since, the worker that
+#: yielded the last batch, and (in the main snapshot) the batches the sampler side handed out.
+KEY_SNAPSHOT_STEP = "_snapshot_step"
+KEY_STEPS_SINCE_SNAPSHOT = "_steps_since_snapshot"
+KEY_LAST_YIELDED_WORKER = "_last_yielded_worker_id"
+KEY_SAMPLER_ITER_YIELDED = "_sampler_iter_yielded"
 #: Inside the batch sampler's state: the sampler's own state, and the samples handed out.
 KEY_SAMPLER_STATE = "sampler_state"
 KEY_SAMPLES_YIELDED = "samples_yielded"
@@ -200,6 +207,61 @@ def join_state(sampler: Any, dataset: Any, rest: dict[str, Any] | None) -> Any:
         if KEY_FETCHER_STATE in state or KEY_NUM_YIELDED in state:
             state[KEY_DATASET_STATE] = dataset
     return state
+
+
+def snapshot_now(
+    state: dict[str, Any], advance_sampler: Callable[[Any, int], Any], batch_size: int
+) -> dict[str, Any]:
+    """``state`` with its worker snapshot moved up to the step it was taken at, when that is free.
+
+    A multi-process state is torchdata's last worker snapshot plus the number of batches yielded
+    since (``snapshot_every_n_steps`` apart); a restore loads those batches again and drops them.
+    When no worker holds state (a map-style dataset without ``state_dict``: workers only fetch the
+    indices they are sent), the snapshot is moved forward on the sampler side instead, without
+    loading anything: ``advance_sampler(sampler_state, samples)`` returns the sampler's state
+    ``samples`` indices later (None when it cannot, e.g. past the end of the pass). Returns
+    ``state`` itself (not edited) whenever a condition does not hold.
+    """
+    steps = state.get(KEY_STEPS_SINCE_SNAPSHOT)
+    snapshot = state.get(KEY_SNAPSHOT)
+    if not steps or not isinstance(snapshot, dict) or state.get(KEY_ITERATOR_FINISHED):
+        return state
+    workers = snapshot.get(KEY_WORKER_SNAPSHOTS) or {}
+    if any(
+        worker.get(KEY_DATASET_STATE) is not None or worker.get(KEY_FETCHER_STATE) is not None
+        for worker in workers.values()
+    ):
+        return state
+    main = snapshot.get(KEY_MAIN_SNAPSHOT)
+    key = batch_sampler_key(main) if isinstance(main, dict) else None
+    if key is None or main is None:
+        return state
+    batch = main[key]
+    if not _is_torchdata_batch_state(batch) or batch.get("sampler_iter_state") is not None:
+        return state
+    samples = int(steps) * batch_size
+    sampler = advance_sampler(batch.get(KEY_SAMPLER_STATE), samples)
+    if sampler is None:
+        return state
+    moved_main = {
+        **main,
+        key: {
+            **batch,
+            KEY_SAMPLES_YIELDED: batch[KEY_SAMPLES_YIELDED] + samples,
+            KEY_SAMPLER_STATE: sampler,
+        },
+    }
+    if isinstance(main.get(KEY_SAMPLER_ITER_YIELDED), int):
+        moved_main[KEY_SAMPLER_ITER_YIELDED] = main[KEY_SAMPLER_ITER_YIELDED] + steps
+    moved = {
+        **snapshot,
+        KEY_MAIN_SNAPSHOT: moved_main,
+        KEY_SNAPSHOT_STEP: snapshot[KEY_SNAPSHOT_STEP] + steps,
+    }
+    last = snapshot.get(KEY_LAST_YIELDED_WORKER)
+    if isinstance(last, int) and workers:  # workers hand out batches in turn
+        moved[KEY_LAST_YIELDED_WORKER] = (last + steps) % len(workers)
+    return {**state, KEY_SNAPSHOT: moved, KEY_STEPS_SINCE_SNAPSHOT: 0}
 
 
 class _PassAtIterBatchSampler(BatchSampler):  # type: ignore[misc]

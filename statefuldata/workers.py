@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import logging
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from multiprocessing import forkserver, resource_tracker
 from typing import Any
@@ -158,3 +160,33 @@ def close_loader(loader: Any) -> None:
         shutdown()
     if iterator is not None and getattr(loader, "persistent_workers", False):
         loader._iterator = None  # a persistent loader would reuse its dead workers otherwise
+
+
+_OPEN_LOADERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def close_at_exit(loader: Any) -> None:
+    """Stop ``loader``'s workers before the interpreter exits, if it still has any then.
+
+    Our workers ignore SIGTERM (it is meant for the main process), and at exit ``multiprocessing``
+    terminates daemonic children with SIGTERM and then waits for them: a script that ends with a
+    multi-process iterator still open would hang there forever. This handler (registered after
+    multiprocessing's and torch's, so it runs before them) shuts such workers down the regular way
+    and kills any that does not stop.
+    """
+    _OPEN_LOADERS.add(loader)
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN_LOADERS):
+        iterator = getattr(loader, "_iterator", None)
+        workers = list(getattr(iterator, "_workers", None) or ())
+        try:
+            close_loader(loader)
+        except Exception:  # exiting anyway: never let one loader keep the others open
+            logger.debug("closing a loader at exit failed", exc_info=True)
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
