@@ -264,7 +264,7 @@ def snapshot_now(
     return {**state, KEY_SNAPSHOT: moved, KEY_STEPS_SINCE_SNAPSHOT: 0}
 
 
-class _PassAtIterBatchSampler(BatchSampler):  # type: ignore[misc]
+class _PassAtIterBatchSampler(BatchSampler):
     """torchdata < 0.11's ``BatchSampler``, starting each pass when ``iter()`` is called.
 
     Its own ``__iter__`` is a generator: a loaded position, or the fresh sampler iterator of a new
