@@ -165,8 +165,13 @@ class GenericTrainer:
         if self.rank == 0:
             self.checkpoints.acquire()  # one writer per folder, for the whole fit()
         try:
-            return self._fit(manager, resume_from_checkpoint, max_epochs)
+            result = self._fit(manager, resume_from_checkpoint, max_epochs)
+            if self.rank == 0:
+                self.checkpoints.wait()  # the last (async) save is durable before fit() returns
+            return result
         except BaseException as exc:
+            if self.rank == 0:
+                self.checkpoints.wait(during=exc)  # never leave a save in flight behind
             loop = self._loop
             if loop.busy is not None:
                 loop.dirty, loop.busy = loop.busy, None
