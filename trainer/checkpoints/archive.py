@@ -44,23 +44,33 @@ _FULL32 = 0xFFFFFFFF
 
 
 class _Hasher:
-    """A helper thread computing the CRC-32 of one buffer while the caller writes it."""
+    """A helper thread computing the CRC-32 of one buffer while the caller writes it.
+
+    One per process, started on first use and kept (a thread start costs milliseconds on a busy
+    machine); a save that finds it in use by another save hashes on its own thread instead.
+    """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self.in_use = threading.Lock()
 
     def _loop(self) -> None:
-        while (view := self._jobs.get()) is not None:
+        while True:
+            view = self._jobs.get()
             try:
                 self._done.put(zlib.crc32(view))
             except BaseException as exc:  # handed to the caller by crc_while
                 self._done.put(exc)
+            del view
 
     def crc_while(self, view: memoryview, write: Any) -> int:
-        """``write(view)`` here and ``crc32(view)`` on the helper thread; the CRC when both are done."""
-        if self._thread is None:
+        """``write(view)`` here and ``crc32(view)`` on the helper thread; the CRC when both are done.
+
+        The caller holds :attr:`in_use`.
+        """
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="checkpoint-crc", daemon=True)
             self._thread.start()
         self._jobs.put(view)
@@ -72,27 +82,24 @@ class _Hasher:
             raise crc
         return crc
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
+
+_HASHER = _Hasher()
 
 
 class _HashingFile:
     """The file object torch's zip writer writes to: each write goes on, its CRC-32 is recorded."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, helper: _Hasher | None) -> None:
         self._f = f
-        self._hasher = _Hasher()
+        self._helper = helper
         self.offset = 0
         self.pieces: list[tuple[int, int, int]] = []  # (offset, size, crc32) of every write
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         size = view.nbytes
-        if size >= PARALLEL_BYTES:
-            crc = self._hasher.crc_while(view, self._f.write)
+        if size >= PARALLEL_BYTES and self._helper is not None:
+            crc = self._helper.crc_while(view, self._f.write)
         else:
             self._f.write(view)
             crc = zlib.crc32(view)
@@ -102,9 +109,6 @@ class _HashingFile:
 
     def flush(self) -> None:
         self._f.flush()
-
-    def close(self) -> None:
-        self._hasher.close()
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
@@ -272,14 +276,16 @@ def write_archive(obj: Any, f: BinaryIO) -> tuple[int, int]:
         OSError: From the writes (e.g. ENOSPC); the file is then incomplete.
         RuntimeError: The archive torch wrote is not laid out as expected (nothing is patched).
     """
-    hashing = _HashingFile(f)
+    helper = _HASHER if _HASHER.in_use.acquire(blocking=False) else None
+    hashing = _HashingFile(f, helper)
     try:
         own_crcs = _save_with_torch_writer(obj, hashing)
         if not own_crcs:
             logger.debug("torch's zip writer API is not available; using torch.save")
             torch.save(obj, hashing)
     finally:
-        hashing.close()
+        if helper is not None:
+            helper.in_use.release()
     f.flush()
     fd, size = f.fileno(), hashing.offset
     pieces = _Pieces(hashing.pieces)

@@ -24,7 +24,7 @@ __all__ = ["crc32_combine", "crc32_parallel", "default_threads"]
 _POLY = 0xEDB88320  # CRC-32's polynomial, bit-reflected (as zlib computes it)
 _ONE = 1 << 31  # the polynomial 1 in the reflected representation
 #: Below this many bytes a buffer is hashed on one thread (starting threads would cost more).
-PARALLEL_MIN_BYTES = 8 << 20
+PARALLEL_MIN_BYTES = 64 << 20
 
 
 def _multiply(a: int, b: int) -> int:
