@@ -130,6 +130,7 @@ class Group:
     current: EpochIterator | None = None
     generation: int = 0
     warned: set[int] = attrs.field(factory=set)
+    requested: int | None = None  # set_epoch() for the next create_epoch_iterator(phase)
 
 
 def fingerprint_of(

@@ -1,15 +1,17 @@
 """The epoch a DataLoader pass is producing, known in every worker: :func:`current_epoch`.
 
 :func:`statefuldata.make_loader` hands the DataLoader a thin *view* of the dataset (map-style or
-iterable) that carries an :class:`EpochChannel`: two integers in shared memory, ``(generation, epoch)``,
-written by the main process before each pass (before workers are forked, or before persistent
-workers are told to start a new pass) and read by the view wherever the dataset is read. So:
+iterable, :mod:`statefuldata.views`) that carries an :class:`EpochChannel`: two integers in shared
+memory, ``(generation, epoch)``, written by the main process before each pass (before workers are
+forked, or before persistent workers are told to start a new pass) and read by the view wherever the
+dataset is read. So:
 
 * inside a worker, or in the main process while a pass with ``num_workers=0`` fetches, the view knows
   the epoch (pass index) being produced: :func:`current_epoch` returns it;
-* before the first item of each pass, in every worker (and in the main process for
-  ``num_workers=0``), the view calls ``dataset.set_epoch(epoch)`` when the dataset has one, so
-  epoch-aware streams (Hugging Face ``.shuffle()``, webdataset, ...) reshuffle per epoch;
+* before each pass, in the main process and then in every worker, the view calls
+  ``dataset.set_epoch(epoch)`` when the dataset has one (see :func:`forward_epoch`, which also sets
+  webdataset's deterministic shard shuffle), so epoch-aware streams (Hugging Face ``.shuffle()``,
+  webdataset, ...) reshuffle per epoch, identically in every process and after a resume;
 * persistent workers, which torch keeps across passes, reseed their Python, numpy and torch RNGs from
   ``(seed, epoch, rank, worker_id)`` when they see a new generation, exactly as fresh workers are
   seeded at start-up (``worker_init_fn`` is not called again);
@@ -24,23 +26,19 @@ The view forwards any other attribute to the dataset (``loader.dataset.features`
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import ctypes
 import multiprocessing
+import sys
 import threading
-from collections.abc import Iterator
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
-
-from statefuldata.protocols import CheckpointableIterable
-from statefuldata.seeding import seed_worker
+from statefuldata.fallback import SkipFallback
 
 __all__ = ["current_epoch"]
 
-_local = threading.local()
+# ``.epoch``: what current_epoch() reports in this thread (views set it around each fetch)
+local_epoch = threading.local()
 
 
 def current_epoch() -> int:
@@ -62,7 +60,7 @@ def current_epoch() -> int:
     Raises:
         RuntimeError: outside any pass of such a loader.
     """
-    epoch = getattr(_local, "epoch", None)
+    epoch = getattr(local_epoch, "epoch", None)
     if epoch is None:
         raise RuntimeError(
             "current_epoch() is only known while a pass of a loader built by "
@@ -74,18 +72,32 @@ def current_epoch() -> int:
 
 def report_epoch(epoch: int) -> None:
     """Report ``epoch`` from :func:`current_epoch` in this process from now on (worker start-up)."""
-    _local.epoch = epoch
+    local_epoch.epoch = epoch
 
 
-@contextlib.contextmanager
-def producing(epoch: int) -> Iterator[None]:
-    """Report ``epoch`` from :func:`current_epoch` in this thread while the block runs."""
-    previous = getattr(_local, "epoch", None)
-    _local.epoch = epoch
-    try:
-        yield
-    finally:
-        _local.epoch = previous
+def forward_epoch(dataset: Any, epoch: int) -> None:
+    """``dataset.set_epoch(epoch)``, looking through :class:`~statefuldata.SkipFallback`.
+
+    A webdataset pipeline has no ``set_epoch``; its deterministic shard shuffle
+    (``WebDataset(..., shardshuffle=n, seed=s, detshuffle=True)``) counts passes per process
+    instead, which fresh workers restart at 0 and a resume gets wrong. Its ``detshuffle`` stages are
+    set to ``epoch`` here, so every process shuffles the shards of epoch ``e`` the same way.
+    """
+    target = dataset
+    for _ in range(4):
+        set_epoch = getattr(target, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+            return
+        if not isinstance(target, SkipFallback):
+            break
+        target = target.dataset
+    filters = sys.modules.get("webdataset.filters")
+    stages = getattr(target, "pipeline", None)
+    if filters is not None and isinstance(stages, list):
+        for stage in stages:
+            if isinstance(stage, filters.detshuffle):
+                stage.epoch = epoch - 1  # its run() adds one before seeding
 
 
 class EpochChannel:
@@ -104,6 +116,10 @@ class EpochChannel:
         self._shared[1] = int(epoch)
         self._shared[0] += 1
 
+    @property
+    def generation(self) -> int:
+        return self._shared[0]
+
     def read(self) -> tuple[int, int]:
         shared = self._shared
         return shared[0], shared[1]
@@ -118,131 +134,3 @@ class EpochChannel:
             self._shared = state["shared"]
         else:
             self.__init__(*state["snapshot"])  # type: ignore[misc]
-
-
-class EpochView:
-    """What both views share: the channel, the seeding recipe and attribute forwarding."""
-
-    def __init__(self, dataset: Any, *, seed: int, rank: int) -> None:
-        self.dataset = dataset
-        self.channel = EpochChannel()
-        self.seed, self.rank = seed, rank
-        self._seen = -1  # generation this process last entered
-
-    def __getattr__(self, name: str) -> Any:
-        dataset = self.__dict__.get("dataset")
-        if dataset is None or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(dataset, name)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.dataset!r})"
-
-    def worker_started(self) -> int:
-        """Called by the worker seeder at worker start-up: enter the current pass without reseeding."""
-        generation, epoch = self.channel.read()
-        self._seen = generation
-        self._forward_epoch(epoch)
-        _local.epoch = epoch
-        return epoch
-
-    def _sync(self) -> int:
-        """Epoch of the pass being produced; enter it first if it is new to this process."""
-        generation, epoch = self.channel.read()
-        if generation != self._seen:
-            self._seen = generation
-            info = get_worker_info()
-            if info is not None:  # a persistent worker starting another pass
-                seed_worker(info.id, seed=self.seed, epoch=epoch, rank=self.rank)
-                _local.epoch = epoch
-            self._forward_epoch(epoch)
-        return epoch
-
-    def _forward_epoch(self, epoch: int) -> None:
-        set_epoch = getattr(self.dataset, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
-
-
-class EpochAwareMap(EpochView, Dataset):
-    """Map-style view (see the module docstring)."""
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: Any) -> Any:
-        epoch = self._sync()
-        if get_worker_info() is not None:
-            return self.dataset[index]
-        with producing(epoch):
-            return self.dataset[index]
-
-    def __getitems__(self, indices: list[Any]) -> list[Any]:
-        epoch = self._sync()
-        getitems = getattr(self.dataset, "__getitems__", None)
-        with contextlib.nullcontext() if get_worker_info() is not None else producing(epoch):
-            if callable(getitems):
-                return getitems(indices)
-            dataset = self.dataset
-            return [dataset[i] for i in indices]
-
-
-class StatefulEpochAwareMap(EpochAwareMap):
-    """Map-style view of a dataset that has its own ``state_dict``/``load_state_dict``."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.dataset.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.dataset.load_state_dict(state)
-
-
-class EpochAwareIterable(EpochView, IterableDataset):
-    """Iterable view: forwards the epoch, and applies a loaded state to the resumed pass only."""
-
-    def __init__(self, dataset: Any, *, seed: int, rank: int) -> None:
-        super().__init__(dataset, seed=seed, rank=rank)
-        stateful = isinstance(dataset, CheckpointableIterable)
-        self._pristine = copy.deepcopy(dataset.state_dict()) if stateful else None
-        self._resuming = False  # a state was loaded and its pass has not started yet
-        self._loaded = False  # a state was loaded in this process at some point
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[Any]:
-        epoch = self._sync()
-        if self._resuming:
-            self._resuming = False
-        elif self._loaded and self._pristine is not None:
-            self.dataset.load_state_dict(copy.deepcopy(self._pristine))
-        items = iter(self.dataset)
-        return items if get_worker_info() is not None else self._reporting(items, epoch)
-
-    @staticmethod
-    def _reporting(items: Iterator[Any], epoch: int) -> Iterator[Any]:
-        while True:
-            with producing(epoch):
-                try:
-                    item = next(items)
-                except StopIteration:
-                    return
-            yield item
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.dataset.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resuming = self._loaded = True
-        self.dataset.load_state_dict(state)
-
-
-def epoch_aware(dataset: Any, *, seed: int, rank: int, map_style: bool) -> Any:
-    """Wrap a dataset returned by :func:`statefuldata.checkpointable` in the matching view."""
-    if isinstance(dataset, EpochView):
-        return dataset
-    if not map_style:
-        return EpochAwareIterable(dataset, seed=seed, rank=rank)
-    if isinstance(dataset, CheckpointableIterable):
-        return StatefulEpochAwareMap(dataset, seed=seed, rank=rank)
-    return EpochAwareMap(dataset, seed=seed, rank=rank)

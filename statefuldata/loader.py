@@ -17,12 +17,14 @@ import torch
 from torch.utils.data import get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from statefuldata.epochs import EpochView, epoch_aware, report_epoch
+from statefuldata.epochs import report_epoch
 from statefuldata.persample import PER_SAMPLE_SEED_DEFAULT, per_sample_seeded
 from statefuldata.protocols import StatefulSampler
 from statefuldata.samplers import PositionSampler, SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, seed_worker
 from statefuldata.shuffle import ShuffleBuffer, check_shuffle_request
+from statefuldata.torchdata_state import start_passes_at_iter
+from statefuldata.views import EpochView, epoch_aware
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["SeededStatefulDataLoader", "close_loader", "make_loader"]
@@ -165,6 +167,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        start_passes_at_iter(self)  # torchdata < 0.11: a pass starts at iter(), as from 0.11 on
         self._epoch = -1
         self._restored_epoch: int | None = None
         self._requested: int | None = None
@@ -201,7 +204,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):
         if isinstance(self.worker_init_fn, _WorkerSeeder):
             self.worker_init_fn.epoch = epoch
         if isinstance(self.dataset, EpochView):
-            self.dataset.channel.publish(epoch)
+            self.dataset.begin_pass(epoch)
 
     def _shutdown_current(self) -> None:
         """Retire the current iterator: stop its workers and make it raise if used again.
@@ -246,7 +249,8 @@ class SeededStatefulDataLoader(StatefulDataLoader):
     def _next_pass(self) -> Any:
         if self._reusable():
             self._start_pass(self._next_epoch())
-            self._iterator._reset(self)  # type: ignore[union-attr]
+            iterator: Any = self._iterator  # type: ignore[has-type]
+            iterator._reset(self)
         else:
             self._iterator = self._get_iterator()
         return self._iterator
@@ -254,13 +258,15 @@ class SeededStatefulDataLoader(StatefulDataLoader):
     def __iter__(self) -> Any:
         # torchdata's own __iter__ resets persistent iterators without passing through
         # _get_iterator, so the epoch would never move; every pass start goes through _next_pass.
-        if self._initial_iter_for_state_dict:
+        state_dict_iterator: bool = self._initial_iter_for_state_dict  # type: ignore[has-type]
+        if state_dict_iterator:  # made by state_dict() before the first iter(): it is this pass
             self._initial_iter_for_state_dict = False
         else:
             self._next_pass()
-        if self._iterator._finished:  # type: ignore[union-attr]  # restored after its pass ended
-            self._next_pass()
-        return self._iterator
+        iterator: Any = self._iterator
+        if iterator._finished:  # restored from a state taken after its pass ended
+            iterator = self._next_pass()
+        return iterator
 
     def _get_iterator(self) -> Any:
         self._shutdown_current()

@@ -155,10 +155,9 @@ class DataLoaderManager:
         group = self._group(phase)
         pending, group.pending = group.pending, None
         pending_rng, group.pending_rng = group.pending_rng, None
+        requested, group.requested = group.requested, None
         if epoch is None:
-            epoch = (
-                pending["epoch"] if pending else (group.current.epoch + 1 if group.current else 0)
-            )
+            epoch = self._next_epoch(group, pending, requested)
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
         group.generation += 1
@@ -191,6 +190,40 @@ class DataLoaderManager:
                 cursor.exhausted = False
         group.current = iterator
         return iterator
+
+    def set_epoch(self, epoch: int, phase: str = "train") -> None:
+        """Choose the epoch of the next :meth:`create_epoch_iterator` of ``phase`` that names none.
+
+        torch's convention: an epoch in flight is not touched. A loaded state resumes its own epoch
+        (a different request is ignored with a WARNING), unless it is complete and ``epoch`` is the
+        one after it. Without ``set_epoch`` the next epoch is the one after the last.
+        """
+        group = self._group(phase)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        group.requested = epoch
+
+    @staticmethod
+    def _next_epoch(group: Group, pending: dict[str, Any] | None, requested: int | None) -> int:
+        if pending is not None:
+            saved = pending["epoch"]
+            complete = pending["schedule_position"] >= group.total
+            if requested is None or requested == saved or (complete and requested == saved + 1):
+                return saved if requested is None else requested
+            logger.warning(
+                "set_epoch(%d) ignored for %s: the loaded state resumes epoch %d at step %d of %d "
+                "and a loaded position is never discarded; call set_epoch(%d)",
+                requested,
+                group.phase,
+                saved,
+                pending["schedule_position"],
+                group.total,
+                saved,
+            )
+            return saved
+        if requested is not None:
+            return requested
+        return group.current.epoch + 1 if group.current else 0
 
     def reset_phase(self, phase: str) -> None:
         """Drop live passes of a phase so its next epoch starts every loader on a fresh pass.
@@ -285,7 +318,7 @@ class DataLoaderManager:
                     entry.batch_idx,
                     entry.exhausted,
                 )
-            group.pending, group.current = iterator_state, None
+            group.pending, group.current, group.requested = iterator_state, None, None
             if phase == "train":
                 group.pending_rng = state["choice_rng"]
         if iterator_state := state["train_iterator_state"]:
@@ -339,13 +372,24 @@ class DataLoaderManager:
 
 
 class PhaseLoader:
-    """A manager phase seen as one loader: each ``iter()`` is the next epoch (see :meth:`as_loader`)."""
+    """A manager phase seen as one loader: each ``iter()`` is the next epoch (see :meth:`as_loader`).
+
+    ``set_epoch(e)`` chooses the epoch of the next ``iter()``, torch's convention; an epoch in flight
+    and a loaded position are kept. Lightning and other frameworks carry its state through
+    ``state_dict``/``load_state_dict``.
+    """
+
+    KEY_FINISHED = "statefuldata_pass_finished"  # optional: resume into the next epoch
 
     def __init__(self, manager: DataLoaderManager, phase: str) -> None:
         self.manager, self.phase = manager, phase
 
     def __iter__(self) -> EpochIterator:
         return self.manager.create_epoch_iterator(self.phase)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the next ``iter()`` (see :meth:`DataLoaderManager.set_epoch`)."""
+        self.manager.set_epoch(epoch, self.phase)
 
     def __len__(self) -> int:
         return self.manager.epoch_length(self.phase)
@@ -354,7 +398,13 @@ class PhaseLoader:
         return self.manager.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a manager state; with ``KEY_FINISHED`` set, the next ``iter()`` is the next epoch."""
+        state = dict(state)
+        finished = state.pop(self.KEY_FINISHED, False)
         self.manager.load_state_dict(state)
+        saved = state.get(f"{self.phase}_iterator_state")
+        if finished and saved is not None:
+            self.manager.set_epoch(int(saved["epoch"]) + 1, self.phase)
 
     def close(self) -> None:
         self.manager.close()

@@ -4,13 +4,25 @@ Both samplers walk a *global order* of ``range(n)`` (identity, or a keyed Feiste
 every epoch) and hand rank ``r`` of ``world_size`` the global positions ``r, r + W, r + 2W, ...``, padded
 by wrapping around (or truncated with ``drop_last``) exactly like ``torch.utils.data.DistributedSampler``.
 
-Epochs advance by themselves: ``iter()`` after a pass that yielded anything starts the next epoch (a
-fresh order). ``set_epoch(e)`` selects an epoch explicitly. ``load_state_dict`` takes effect at the next
-``iter()`` and redirects an iterator that is already live.
+Epochs follow torch's convention (``DistributedSampler``, torchdata's ``StatefulDistributedSampler``):
+
+* ``set_epoch(e)`` chooses the epoch of the *next* pass. A pass is in flight once it has handed out an
+  index (with DataLoader workers, prefetching does that right at ``iter(loader)``); ``set_epoch`` never
+  touches a pass in flight. A pass that ``iter()`` created but that has handed out nothing yet (no
+  workers, before the first batch) is still the next pass, so it takes the epoch, as torch's do.
+* Without ``set_epoch`` the sampler advances by itself: ``iter()`` after a pass that handed out anything
+  (or ended) starts the next epoch, a fresh order.
+* Both: an explicit ``set_epoch`` wins for the next pass; the passes after it advance from it.
+* ``load_state_dict`` makes the loaded ``(epoch, position)`` the next pass (clearing an earlier
+  ``set_epoch``) and redirects an iterator that is already live. Its position is never discarded: a
+  ``set_epoch`` equal to the loaded epoch keeps it, another one is ignored with a WARNING, except when
+  the loaded pass has nothing left (a state taken at its end), which then starts the requested epoch.
+* The loaded state applies to the resumed pass only; later passes start at position 0.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -22,6 +34,8 @@ from statefuldata.permutation import FeistelPermutation
 from statefuldata.seeding import derive_seed
 
 __all__ = ["SequentialSampler", "ShuffledSampler"]
+
+logger = logging.getLogger(__name__)
 
 _MIN_CHUNK = 512
 _MAX_CHUNK = 1 << 16
@@ -61,7 +75,10 @@ class PositionSampler:
 
     _epoch: int = attrs.field(init=False, default=0)
     _position: int = attrs.field(init=False, default=0)
-    _pending: bool = attrs.field(init=False, default=True)
+    _iterated: bool = attrs.field(init=False, default=False)  # iter() was called on this pass
+    _live: bool = attrs.field(init=False, default=False)  # this pass handed out an index or ended
+    _loaded: bool = attrs.field(init=False, default=False)  # this pass resumes a loaded position
+    _requested: int | None = attrs.field(init=False, default=None)
     _exhausted: bool = attrs.field(init=False, default=False)
     _generation: int = attrs.field(init=False, default=0)
     _chunk: list[int] | None = attrs.field(init=False, default=None, repr=False)
@@ -101,33 +118,59 @@ class PositionSampler:
             return self._position
         return self._chunk_start + len(self._chunk) - self._chunk_iter.__length_hint__()
 
+    def _advances(self) -> bool:
+        """Whether the next ``iter()`` starts a new pass (the current one began or has nothing left)."""
+        return self._live or (self._iterated and self.position >= self.num_samples)
+
     @property
     def next_epoch(self) -> int:
         """The epoch the next ``iter()`` will produce."""
-        if not self._pending and (self.position > 0 or self._exhausted):
-            return self._epoch + 1
-        return self._epoch
+        if not self._advances():
+            return self._epoch
+        return self._epoch + 1 if self._requested is None else self._requested
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first sample at the next ``iter()``."""
+        """Choose the epoch of the next pass; a pass in flight and a loaded position are kept.
+
+        See the module docstring for the full rule (torch's convention plus automatic advance).
+        """
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
-        self._redirect(epoch, 0)
+        epoch = int(epoch)
+        if self._live:
+            self._requested = epoch
+        elif self._loaded and (epoch == self._epoch or self._position < self.num_samples):
+            if epoch != self._epoch:
+                logger.warning(
+                    "%s.set_epoch(%d) ignored: a loaded state resumes epoch %d at position %d of %d "
+                    "and a loaded position is never discarded. Call set_epoch(%d) for the resumed "
+                    "pass (or load a state of epoch %d).",
+                    type(self).__name__,
+                    epoch,
+                    self._epoch,
+                    self._position,
+                    self.num_samples,
+                    self._epoch,
+                    epoch,
+                )
+        else:
+            self._redirect(epoch, 0, loaded=False)
 
-    def _redirect(self, epoch: int, position: int) -> None:
+    def _redirect(self, epoch: int, position: int, *, loaded: bool) -> None:
         if self._chunk is not None:
             self._chunk.clear()  # a live iterator stops its chunk and re-reads the position
         self._chunk, self._chunk_iter = None, None
-        self._epoch, self._position = int(epoch), int(position)
-        self._pending, self._exhausted = True, False
+        self._epoch, self._position, self._loaded = int(epoch), int(position), loaded
+        self._live = self._exhausted = False
 
     def __iter__(self) -> Iterator[int]:
-        if not self._pending and (self.position > 0 or self._exhausted):
-            self._redirect(self._epoch + 1, 0)
+        if self._advances():
+            epoch = self._epoch + 1 if self._requested is None else self._requested
+            self._redirect(epoch, 0, loaded=False)
         if self._chunk is not None:
             self._chunk.clear()
         self._chunk, self._chunk_iter = None, None
-        self._pending, self._exhausted = False, False
+        self._requested, self._iterated, self._live, self._exhausted = None, True, False, False
         self._generation += 1
         return self._generate(self._generation)
 
@@ -135,6 +178,7 @@ class PositionSampler:
         size = _MIN_CHUNK
         total = self.num_samples
         while self._generation == generation:
+            self._live = True
             start = self._position
             if start >= total:
                 self._exhausted = True
@@ -191,7 +235,8 @@ class PositionSampler:
             raise IncompatibleStateError(
                 f"position must be in [0, {self.num_samples}] (got {position}); the state is corrupt"
             )
-        self._redirect(int(state[self.KEY_EPOCH]), position)
+        self._redirect(int(state[self.KEY_EPOCH]), position, loaded=True)
+        self._requested, self._iterated = None, False
 
 
 @attrs.define(eq=False)

@@ -4,21 +4,29 @@ The checker runs the reference epochs once, then for each interruption point ``k
 loader, consumes ``k`` batches, takes ``state_dict()`` (round-tripped through ``torch.save`` and
 ``torch.load(weights_only=True)``, as a checkpoint would), loads it into another fresh loader, and
 compares every remaining batch with the reference, tensor-exactly. Each point also resumes the resumed
-loader once more, halfway through what remains. Points at and around epoch boundaries and within the
-first ``prefetch_factor * num_workers`` batches (mid-prefetch) are in the default set.
+loader once more, halfway through what remains.
+
+Which points: ``points="all"`` checks every ``k`` from 0 to the total number of batches. The default
+checks every point too when there are at most 47 batches; beyond that it checks 48 points: the first
+``prefetch_factor * num_workers + 2`` (mid-prefetch), the batch before, at and after every epoch
+boundary, and an even spread over the rest. ``ResumeReport.points`` lists the points checked.
+
+When a resume is inexact for a known reason (Hugging Face's shuffle buffer, which its state does not
+store), the mismatch carries a ``hint`` saying why and what to use instead.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import numpy as np
 import torch
 
 from statefuldata.diagnose import Difference, explain
+from statefuldata.hints import inexact_resume_hint
 from statefuldata.loader import close_loader
 
 __all__ = ["Mismatch", "ResumeMismatchError", "ResumeReport", "verify_resume"]
@@ -31,7 +39,8 @@ class Mismatch:
     """Where a resumed run first differed: ``point`` k, the global ``batch_index``, both values.
 
     ``difference`` says which part differs (ids: other samples or order; values: the same samples
-    with other values) and ``suggestion`` the likely fix (see :mod:`statefuldata.diagnose`).
+    with other values) and ``suggestion`` the likely fix (see :mod:`statefuldata.diagnose`);
+    ``hint`` says why and what to use instead when the loader's cause is known (else it is empty).
     """
 
     point: int
@@ -41,6 +50,7 @@ class Mismatch:
     reason: str
     difference: Difference | None = None
     suggestion: str = ""
+    hint: str = ""
 
 
 @attrs.frozen
@@ -54,6 +64,11 @@ class ResumeReport:
 
     def __bool__(self) -> bool:
         return self.ok
+
+    @property
+    def hint(self) -> str:
+        """Why the first mismatch happened and what to use instead, when known (else empty)."""
+        return "" if self.first_mismatch is None else self.first_mismatch.hint
 
 
 class ResumeMismatchError(AssertionError):
@@ -110,12 +125,18 @@ class _Stream:
 
 
 def _default_points(total: int, boundaries: Sequence[int], prefetch: int) -> list[int]:
+    """Every point up to 48; else exactly 48: mid-prefetch, around boundaries, an even spread."""
     if total + 1 <= _MAX_DEFAULT_POINTS:
         return list(range(total + 1))
     points = set(range(min(prefetch + 2, total + 1)))
     for b in boundaries:
         points.update(p for p in (b - 1, b, b + 1) if 0 <= p <= total)
-    points.update(np.linspace(0, total, num=_MAX_DEFAULT_POINTS - len(points), dtype=int).tolist())
+    spread = _MAX_DEFAULT_POINTS - len(points)
+    while len(points) < _MAX_DEFAULT_POINTS:
+        candidates = np.linspace(0, total, num=spread, dtype=int).tolist()
+        fresh = [c for c in candidates if c not in points]
+        points.update(fresh[: _MAX_DEFAULT_POINTS - len(points)])
+        spread += 1
     return sorted(points)
 
 
@@ -127,7 +148,7 @@ def _pass_of(k: int, boundaries: Sequence[int]) -> int:
 def verify_resume(
     factory: Callable[[], Any],
     *,
-    points: Iterable[int] | None = None,
+    points: Iterable[int] | Literal["all"] | None = None,
     epochs: int = 2,
     raise_on_mismatch: bool = False,
 ) -> ResumeReport:
@@ -137,14 +158,17 @@ def verify_resume(
         factory: Zero-argument callable returning a *fresh* loader (anything iterable with
             ``state_dict``/``load_state_dict``, e.g. from :func:`make_loader`).
         points: Interruption points ``k`` (batches consumed before the state is taken), from 0 to the
-            total number of batches over ``epochs`` passes. Default: every point for short runs,
-            otherwise the start, mid-prefetch points, epoch boundaries and an even spread.
+            total number of batches over ``epochs`` passes, or ``"all"`` for every one of them.
+            Default: every point when there are at most 47 batches, else 48 points: the first
+            ``prefetch_factor * num_workers + 2``, the batch before, at and after each epoch
+            boundary, and an even spread (see the module docstring).
         epochs: Passes over the loader in the reference run (2 covers an epoch boundary).
         raise_on_mismatch: Raise :class:`ResumeMismatchError` at the first mismatch (and let
             exceptions from the resumed run propagate) instead of reporting it.
 
     Returns:
-        A :class:`ResumeReport` with ``ok``, the ``points`` checked and the ``first_mismatch``.
+        A :class:`ResumeReport` with ``ok``, the ``points`` checked and the ``first_mismatch``
+        (whose ``hint`` says why and what to use instead, when the cause is known).
 
     Example:
         >>> from statefuldata import make_loader
@@ -171,9 +195,17 @@ def verify_resume(
     prefetch = getattr(reference_loader, "num_workers", 0) * (
         getattr(reference_loader, "prefetch_factor", None) or 0
     )
-    chosen = (
-        sorted(set(points)) if points is not None else _default_points(total, boundaries, prefetch)
-    )
+    if points is None:
+        chosen = _default_points(total, boundaries, prefetch)
+    elif isinstance(points, str):
+        if points != "all":
+            raise ValueError(
+                f"points must be 'all', None or a list of ints (got {points!r}); pass points='all' "
+                "to check every batch"
+            )
+        chosen = list(range(total + 1))
+    else:
+        chosen = sorted(set(points))
     bad = [k for k in chosen if not (isinstance(k, int) and 0 <= k <= total)]
     if bad:
         raise ValueError(f"points must be ints in [0, {total}] (got {bad}); {total} batches in all")
@@ -181,11 +213,12 @@ def verify_resume(
         mismatch = _check_point(factory, reference, boundaries, k, raise_on_mismatch)
         if mismatch is not None:
             mismatch = explain(mismatch)
+            mismatch = attrs.evolve(mismatch, hint=inexact_resume_hint(reference_loader))
             if raise_on_mismatch:
                 raise ResumeMismatchError(
                     f"resume at point {mismatch.point} differs at batch {mismatch.batch_index}: "
                     f"{mismatch.reason}; expected {mismatch.expected!r}, got {mismatch.got!r}. "
-                    f"Fix: {mismatch.suggestion}"
+                    f"Fix: {mismatch.suggestion}" + (f" {mismatch.hint}" if mismatch.hint else "")
                 )
             return ResumeReport(False, tuple(chosen), mismatch, total)
     return ResumeReport(True, tuple(chosen), None, total)

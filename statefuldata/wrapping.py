@@ -30,6 +30,11 @@ def checkpointable(dataset: Any, *, name: str | None = None) -> Any:
     * Any other iterable is wrapped in :class:`SkipFallback` (restore by counting and skipping,
       with a WARNING that says how to make it O(1)).
 
+    :func:`statefuldata.make_loader` then hands the DataLoader a view of the result that carries the
+    epoch into workers, forwards ``set_epoch`` and applies a loaded state to the resumed pass only
+    (a Hugging Face ``IterableDataset`` would re-apply it on later passes by itself); see
+    :mod:`statefuldata.views`.
+
     Example:
         >>> checkpointable([1, 2, 3]) == [1, 2, 3]
         True

@@ -16,6 +16,7 @@ PACKAGES = {"statefuldata": statefuldata, "trainer": trainer}
 INTERNAL = {
     "statefuldata.epoch",
     "statefuldata.state",
+    "statefuldata.torchdata_state",
     "statefuldata.schedule",
     "trainer.checkpoints.atomic",
     "trainer.checkpoints.best",

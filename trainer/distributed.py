@@ -42,12 +42,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def wrap_model(
     model: torch.nn.Module,
     device: torch.device,
-    *,
     world_size: int,
+    config: Any,
     process_group: Any = None,
-    find_unused_parameters: bool = False,
 ) -> torch.nn.Module:
-    """``model`` in DistributedDataParallel when there is more than one process; as is otherwise."""
+    """``model`` in DistributedDataParallel when there is more than one process; as is otherwise
+    (and when it is wrapped already). ``config.ddp_find_unused_parameters`` goes to DDP."""
     if world_size <= 1 or is_wrapped(model):
         return model
     device_ids = (
@@ -57,7 +57,7 @@ def wrap_model(
         model,
         device_ids=device_ids,
         process_group=process_group,
-        find_unused_parameters=find_unused_parameters,
+        find_unused_parameters=config.ddp_find_unused_parameters,
     )
 
 

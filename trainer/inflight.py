@@ -24,6 +24,7 @@ __all__ = [
     "Action",
     "Busy",
     "LoopState",
+    "Run",
     "log_interrupt",
 ]
 
@@ -88,6 +89,13 @@ class LoopState:
     scales: list[float] = attrs.field(factory=list)
     owners: list[tuple[int, ...]] = attrs.field(factory=list)
 
+    def note_exit(self, exc: BaseException, state: ResumeState, root: Path) -> None:
+        """``fit()`` is leaving with ``exc``: inside a unit of work the state is now mid-way."""
+        if self.busy is not None:
+            self.dirty, self.busy = self.busy, None
+        if isinstance(exc, KeyboardInterrupt):
+            log_interrupt(state, self.dirty, root)
+
     def plan(self, config: Any, num_loaders: int, num_optimizers: int) -> None:
         """Per train loader: its loss scale (weight / accumulation) and the optimizers it steps."""
         weights = config.loss_weights_per_loader or (1.0,) * num_loaders
@@ -118,3 +126,13 @@ def log_interrupt(state: ResumeState, dirty: Busy | None, root: Path) -> None:
             state.global_step,
             root,
         )
+
+
+@attrs.frozen
+class Run:
+    """What one ``fit()`` call trains with: its data, its signal flags and its last epoch."""
+
+    manager: Any
+    preemption: Any
+    interrupt: Any
+    max_epochs: int

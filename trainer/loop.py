@@ -20,25 +20,11 @@ from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import GenericTrainerConfig, SchedulerInterval
 from trainer.data import TrainerData, as_list
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
-from trainer.distributed import (
-    average_gradients,
-    check_same_schedule,
-    gradient_sync,
-    unwrap,
-    wrap_model,
-)
-from trainer.inflight import STEP_ACTIONS, Busy, LoopState, log_interrupt
+from trainer.distributed import check_same_schedule, gradient_sync, unwrap, wrap_model
+from trainer.inflight import STEP_ACTIONS, Busy, LoopState, Run
 from trainer.loggers import default_loggers
 from trainer.metrics import describe, scalar_outputs, window_means
-from trainer.optim import (
-    check_losses,
-    check_trainer_args,
-    loss_of,
-    require_grad,
-    step_optimizers,
-    step_schedulers,
-    zero_grads,
-)
+from trainer.optim import WindowStepper, check_losses, check_trainer_args, loss_of, require_grad
 from trainer.persistence import SKIPPED_STEPS_KEY, TrainerIO, resume_source
 from trainer.precision import make_precision
 from trainer.preemption import InterruptFlag, PreemptionFlag
@@ -54,6 +40,7 @@ __all__ = ["FitResult", "GenericTrainer"]
 logger = logging.getLogger(__name__)
 
 StepFn = Callable[..., dict[str, Any]]
+FITTED = FitStatus.ALREADY_COMPLETE
 
 
 class GenericTrainer:
@@ -87,15 +74,20 @@ class GenericTrainer:
         self.process_group = process_group
         self.device = resolve_device(config.device, distributed=self.world_size > 1)
         self.model = wrap_model(
-            model.to(self.device),
-            self.device,
-            world_size=self.world_size,
-            process_group=process_group,
-            find_unused_parameters=config.ddp_find_unused_parameters,
+            model.to(self.device), self.device, self.world_size, config, process_group
         )
         owned = {id(p) for o in self.optimizers for g in o.param_groups for p in g["params"]}
-        self._unowned_params = [p for p in self.model.parameters() if id(p) not in owned]
         self.precision = make_precision(config.performance, self.device)
+        self._stepper = WindowStepper(
+            self.model,
+            self.optimizers,
+            self.schedulers,
+            self.precision,
+            [p for p in self.model.parameters() if id(p) not in owned],
+            config.performance.clip_grad_norm,
+            config.scheduler_interval is SchedulerInterval.STEP,
+            process_group,
+        )
         self.checkpoints = CheckpointManager(config.checkpoint)
         self.callbacks = [*callbacks, *default_loggers(config.loggers)]
         self.state = ResumeState()
@@ -119,7 +111,6 @@ class GenericTrainer:
         self._pending_rng: dict[str, Any] | None = None
         self._has_state = False
 
-    # ------------------------------------------------------------------ setup
     def set_training_step(self, fn: StepFn) -> None:
         """``fn(trainer, batch, batch_idx, dataloader_idx, dataloader_name) -> {"loss": tensor, ...}``."""
         self._training_step = fn
@@ -133,7 +124,6 @@ class GenericTrainer:
         """The manager of the last ``fit()``'s loaders (None before the first)."""
         return self._data.manager
 
-    # ------------------------------------------------------------------ fit
     def fit(
         self,
         train_loaders: Any,
@@ -172,11 +162,7 @@ class GenericTrainer:
         except BaseException as exc:
             if self.rank == 0:
                 self.checkpoints.wait(during=exc)  # never leave a save in flight behind
-            loop = self._loop
-            if loop.busy is not None:
-                loop.dirty, loop.busy = loop.busy, None
-            if isinstance(exc, KeyboardInterrupt):
-                log_interrupt(self.state, loop.dirty, self.checkpoints.root_dir)
+            self._loop.note_exit(exc, self.state, self.checkpoints.root_dir)
             raise
         finally:
             manager.release_workers()  # positions are kept; a later fit() restarts the workers
@@ -195,12 +181,8 @@ class GenericTrainer:
                 max_epochs,
                 self.state.global_step,
             )
-            return FitResult(
-                FitStatus.ALREADY_COMPLETE,
-                self.state.epoch,
-                self.state.global_step,
-                self.last_checkpoint,
-            )
+            state = self.state
+            return FitResult(FITTED, state.epoch, state.global_step, self.last_checkpoint)
         self._data.set_snapshot_cadence()
         self._loop.plan(self.config, len(manager.names("train")), len(self.optimizers))
         manager.ignore_signals_in_workers(("SIGINT", *self.config.preemption.signals))
@@ -219,7 +201,7 @@ class GenericTrainer:
         signals = self.config.preemption.signals
         defer = self.config.preemption.defer_keyboard_interrupt and "SIGINT" not in signals
         with PreemptionFlag(signals) as preemption, InterruptFlag(defer) as interrupt:
-            preempted = self._train(manager, preemption, interrupt, max_epochs)
+            preempted = self._train(Run(manager, preemption, interrupt, max_epochs))
         result = FitResult(
             FitStatus.PREEMPTED if preempted else FitStatus.COMPLETED,
             self.state.epoch,
@@ -231,45 +213,33 @@ class GenericTrainer:
             callback.on_fit_end(self, result)
         return result
 
-    def _train(
-        self,
-        manager: DataLoaderManager,
-        preemption: PreemptionFlag,
-        interrupt: InterruptFlag,
-        max_epochs: int,
-    ) -> bool:
+    def _train(self, run: Run) -> bool:
         """Train epochs until ``max_epochs``; True when stopped by a preemption."""
         accumulate = self.config.performance.gradient_accumulation_steps
         while True:
-            if drain(self, self._loop.pending, preemption, max_epochs):
+            if drain(self, self._loop.pending, run.preemption, run.max_epochs):
                 return True
-            interrupt.raise_if_requested()
-            if self.state.epoch >= max_epochs:
+            run.interrupt.raise_if_requested()
+            if self.state.epoch >= run.max_epochs:
                 return False
             if self.state.micro_step >= accumulate:
                 # interrupted between the window's last backward and its optimizer step
                 self._optimizer_step()
                 continue
-            if self._run_batches(manager, preemption, interrupt, max_epochs):
+            if self._run_batches(run):
                 return True
             if self.state.micro_step > 0:  # a partial window closes with the epoch
                 self._optimizer_step()
             close_epoch(self._loop)
 
-    def _run_batches(
-        self,
-        manager: DataLoaderManager,
-        preemption: PreemptionFlag,
-        interrupt: InterruptFlag,
-        max_epochs: int,
-    ) -> bool:
+    def _run_batches(self, run: Run) -> bool:
         """The rest of the current epoch's batches; True when stopped by a preemption."""
         loop, epoch = self._loop, self.state.epoch
         if loop.epoch_iter is None or loop.epoch_iter.epoch != epoch:
-            loop.epoch_iter = manager.create_epoch_iterator("train", epoch)
+            loop.epoch_iter = run.manager.create_epoch_iterator("train", epoch)
         iterator = loop.epoch_iter
         if self.world_size > 1 and not loop.schedule_checked:
-            fingerprint = manager.fingerprint("train")
+            fingerprint = run.manager.fingerprint("train")
             check_same_schedule(
                 iterator.schedule, fingerprint, epoch=epoch, group=self.process_group
             )
@@ -282,7 +252,8 @@ class GenericTrainer:
                 item = next(iterator, None)
                 loop.busy = None
                 if item is None:
-                    self._summarize_epoch(bar)
+                    if self.rank == 0:
+                        bar.summarize(self.state, self.latest_metrics())
                     return False
                 final = self.state.micro_step + 1 >= accumulate or iterator.position >= len(
                     iterator
@@ -292,20 +263,9 @@ class GenericTrainer:
                 if self.state.micro_step >= accumulate:
                     losses = self._optimizer_step()
                     bar.step(losses, self.optimizers[0], self.state.global_step)
-                    if drain(self, self._loop.pending, preemption, max_epochs):
+                    if drain(self, self._loop.pending, run.preemption, run.max_epochs):
                         return True
-                interrupt.raise_if_requested()
-
-    def _summarize_epoch(self, bar: EpochProgress) -> None:
-        if self.rank == 0:
-            logger.info(
-                "epoch %d done: step %d%s (%.1f s, %.0f samples/s)",
-                self.state.epoch,
-                self.state.global_step,
-                describe(self.latest_metrics(), "train"),
-                bar.elapsed(),
-                bar.samples / max(bar.elapsed(), 1e-9),
-            )
+                run.interrupt.raise_if_requested()
 
     def _train_batch(self, loader_idx: int, name: str, batch: Any, *, final: bool = True) -> None:
         """Forward and backward of one batch (gradients accumulate into the window; under DDP
@@ -343,22 +303,8 @@ class GenericTrainer:
             loop.window_losses, self.config.nonfinite_loss, state.epoch, state.global_step + 1
         )
         loop.skipped_steps += not finite
-        if loop.unsynced:  # the window closed on a micro-step that ran under no_sync
-            average_gradients(self.model, self.process_group)
-            loop.unsynced = False
-        stepped = (
-            step_optimizers(
-                self.optimizers,
-                sorted(loop.window),
-                self.precision,
-                self.config.performance.clip_grad_norm,
-            )
-            if finite
-            else []
-        )
-        zero_grads(self.optimizers, self._unowned_params)
-        if self.config.scheduler_interval is SchedulerInterval.STEP:
-            step_schedulers(self.schedulers, stepped)
+        self._stepper.step(sorted(loop.window), finite=finite, unsynced=loop.unsynced)
+        loop.unsynced = False
         loop.window.clear()
         state.global_step += 1
         state.optimizer_steps_in_epoch += 1
@@ -374,24 +320,19 @@ class GenericTrainer:
         loop.pending[:0] = STEP_ACTIONS
         return losses
 
-    # ------------------------------------------------------------------ data, resume, save
     def _recover_or_resume(self, resume_from: str | Path | None) -> None:
         """Go back to the last checkpoint when an interruption left memory mid-batch, else resume."""
         dirty = self._loop.dirty
+        interrupted = None if dirty is None else dirty.value
         found = resume_source(
             self.checkpoints,
             self.config,
             resume_from,
             has_state=self._has_state,
-            interrupted=None if dirty is None else dirty.value,
+            interrupted=interrupted,
         )
         if found is not None:
-            path, payload = found
-            self.restore_from_payload(payload, source=str(path))
-            how = "Went back to" if dirty is not None else "Resumed from"
-            (logger.warning if dirty is not None else logger.info)(
-                "%s %s (epoch %d, step %d)", how, path, self.state.epoch, self.state.global_step
-            )
+            self.restore_from_payload(found[1], source=str(found[0]))
         if self._data.apply_pending():
             self._loop.epoch_iter = None
         self.state.preempted = False
@@ -426,7 +367,6 @@ class GenericTrainer:
             callback.on_checkpoint(self, path)
         return path
 
-    # ------------------------------------------------------------------ validation and metrics
     def validate(self) -> dict[str, float]:
         """Run every validation loader once; returns per-loader and global metrics."""
         manager = self._data.manager

@@ -7,14 +7,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import torch
 
 from trainer.config import GenericTrainerConfig, NonFiniteLoss
+from trainer.distributed import average_gradients
 from trainer.precision import Precision
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "WindowStepper",
     "check_losses",
     "check_optimizers",
     "check_trainer_args",
@@ -168,3 +171,32 @@ def check_trainer_args(
             "GenericTrainer(config, model, optimizers, schedulers=None)"
         )
     check_optimizers(optimizers, schedulers)
+
+
+@attrs.define(eq=False)
+class WindowStepper:
+    """Closes an accumulation window: the parts an optimizer step touches, and the step itself."""
+
+    model: torch.nn.Module
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any]
+    precision: Precision
+    unowned_params: list[torch.nn.Parameter]
+    clip_grad_norm: float | None
+    schedulers_per_step: bool
+    process_group: Any = None
+
+    def step(self, ids: Sequence[int], *, finite: bool, unsynced: bool) -> None:
+        """Step the optimizers ``ids`` (none when the window's loss was not ``finite``), drop every
+        gradient, step their schedulers; all-reduce by hand first when the window closed on a
+        micro-step that ran under DDP's ``no_sync`` (``unsynced``)."""
+        if unsynced:
+            average_gradients(self.model, self.process_group)
+        stepped = (
+            step_optimizers(self.optimizers, ids, self.precision, self.clip_grad_norm)
+            if finite
+            else []
+        )
+        zero_grads(self.optimizers, self.unowned_params)
+        if self.schedulers_per_step:
+            step_schedulers(self.schedulers, stepped)

@@ -182,6 +182,12 @@ def restore_payload(
     return RestoredPayload(state, history, data, payload[KEY_RNG])
 
 
+def _chosen(how: str, path: Path, payload: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    log = logger.warning if how == "Went back to" else logger.info
+    log("%s %s (epoch %d, step %d)", how, path, payload["epoch"], payload["global_step"])
+    return path, payload
+
+
 def resume_source(
     checkpoints: CheckpointManager,
     config: GenericTrainerConfig,
@@ -204,7 +210,7 @@ def resume_source(
         RuntimeError: Memory is mid-batch and there is no checkpoint to go back to.
     """
     if resume_from is not None and str(resume_from) != "latest":
-        return Path(resume_from), read_checkpoint(resume_from)
+        return _chosen("Resumed from", Path(resume_from), read_checkpoint(resume_from))
     if interrupted is not None:
         found = checkpoints.load_latest_valid()
         if found is None:
@@ -214,7 +220,8 @@ def resume_source(
                 "checkpoint to go back to. Build a new trainer to start over, or set "
                 "CheckpointConfig(save_every_n_steps=N) so that there is one to go back to"
             )
-        return found
+        logger.warning("The last fit() was interrupted while %s", interrupted)
+        return _chosen("Went back to", *found)
     preemption = config.preemption
     wanted = resume_from == "latest" or (preemption.auto_resume and preemption.resume_from_latest)
     if has_state or not checkpoints.has_checkpoints():
@@ -226,7 +233,7 @@ def resume_source(
                 f"{checkpoints.root_dir} holds checkpoints but none is readable; refusing to "
                 "train from scratch. Move the folder away to start fresh"
             )
-        return found
+        return _chosen("Resumed from", *found)
     if not config.checkpoint.allow_overwrite:
         raise FileExistsError(
             f"{checkpoints.root_dir} already holds checkpoints and this run starts fresh "

@@ -17,7 +17,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from trainer.metrics import describe
+
 __all__ = ["EpochProgress", "ensure_console_logging"]
+
+logger = logging.getLogger("trainer.loop")
 
 _REFRESH_S = 0.5
 _SMOOTHING = 0.9
@@ -74,6 +78,18 @@ class EpochProgress:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def summarize(self, state: Any, metrics: dict[str, float]) -> None:
+        """The epoch's INFO line: step, the latest training metrics, time and samples/s."""
+        elapsed = self.elapsed()
+        logger.info(
+            "epoch %d done: step %d%s (%.1f s, %.0f samples/s)",
+            state.epoch,
+            state.global_step,
+            describe(metrics, "train"),
+            elapsed,
+            self.samples / max(elapsed, 1e-9),
+        )
 
     def close(self) -> None:
         self.bar.close()

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from statefuldata import ShuffledSampler, current_epoch, make_loader, verify_resume
+from statefuldata import ShuffledSampler, make_loader, verify_resume
 from tests.data import AugmentedIds, CountingStream, Ids, PlainStream
 
 SOURCES = {
@@ -176,104 +176,3 @@ def test_loading_state_retires_a_live_iterator(num_workers: int) -> None:
         [16, 17],
         [18, 19],
     ]
-
-
-class EpochTagged(Ids):
-    """Map-style: item i is (i, current_epoch(), a draw from the worker's global torch RNG)."""
-
-    def __getitem__(self, index):
-        return index, current_epoch(), torch.randint(0, 2**31, ()).item()
-
-
-class EpochAwareStream(CountingStream):
-    """Iterable with ``set_epoch``: each item is (id, epoch given by set_epoch, current_epoch())."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__(n)
-        self.epoch = -1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _generate(self):
-        for item in super()._generate():
-            yield item, self.epoch, current_epoch()
-
-
-def _passes(loader, count):
-    return [[tuple(t.tolist() for t in batch) for batch in loader] for _ in range(count)]
-
-
-@pytest.mark.parametrize(
-    ("num_workers", "persistent"),
-    [
-        (0, False),
-        pytest.param(2, False, marks=pytest.mark.slow),
-        pytest.param(2, True, marks=pytest.mark.slow),
-    ],
-)
-def test_current_epoch_and_worker_rng_follow_every_pass(num_workers: int, persistent: bool) -> None:
-    loader = make_loader(
-        EpochTagged(8),
-        batch_size=2,
-        shuffle=True,
-        seed=3,
-        num_workers=num_workers,
-        persistent_workers=persistent,
-    )
-    passes = _passes(loader, 3)
-    for epoch, batches in enumerate(passes):
-        assert sorted(i for ids, _, _ in batches for i in ids) == list(range(8))
-        assert {e for _, epochs, _ in batches for e in epochs} == {epoch}
-    assert loader.epoch == 2
-    if num_workers:
-        # persistent workers are reseeded per pass exactly as fresh workers are seeded at start-up
-        fresh = make_loader(EpochTagged(8), batch_size=2, shuffle=True, seed=3, num_workers=2)
-        assert _passes(fresh, 3) == passes
-        assert passes[0] != passes[1]
-
-
-@pytest.mark.slow
-def test_persistent_workers_resume_at_an_epoch_boundary_with_that_epochs_rng() -> None:
-    def build():
-        return make_loader(
-            EpochTagged(8),
-            batch_size=2,
-            shuffle=True,
-            seed=3,
-            num_workers=2,
-            persistent_workers=True,
-        )
-
-    reference = _passes(build(), 3)
-    loader = build()
-    first = _passes(loader, 1)
-    state = loader.state_dict()
-    resumed = build()
-    resumed.load_state_dict(state)
-    assert first + _passes(resumed, 2) == reference
-    assert resumed.epoch == 2
-
-
-@pytest.mark.parametrize(
-    ("num_workers", "persistent"),
-    [
-        (0, False),
-        pytest.param(2, False, marks=pytest.mark.slow),
-        pytest.param(2, True, marks=pytest.mark.slow),
-    ],
-)
-def test_set_epoch_is_forwarded_to_the_dataset_in_every_worker_before_each_pass(
-    num_workers: int, persistent: bool
-) -> None:
-    loader = make_loader(
-        EpochAwareStream(8), batch_size=2, num_workers=num_workers, persistent_workers=persistent
-    )
-    for epoch, batches in enumerate(_passes(loader, 3)):
-        assert sorted(i for ids, _, _ in batches for i in ids) == list(range(8))
-        assert {e for _, given, reported in batches for e in given + reported} == {epoch}
-
-
-def test_current_epoch_outside_a_pass_is_an_error() -> None:
-    with pytest.raises(RuntimeError, match=r"current_epoch\(\) is only known while a pass"):
-        current_epoch()

@@ -17,6 +17,7 @@ from statefuldata import (
     make_loader,
     verify_resume,
 )
+from statefuldata.torchdata_state import installed_batch_sampler_key
 from tests.data import CountingStream, Ids, PlainStream, UnsizedStream
 
 STRATEGIES = list(SamplingStrategy)
@@ -230,7 +231,8 @@ def test_state_is_small_and_loads_weights_only() -> None:
     assert (
         loader_state["sampler_state"]["position"] > 0
     )  # moved out of the loader state, not copied
-    assert "sampler_state" not in loader_state["loader_state"]["_sampler_iter_state"]
+    batch_sampler = loader_state["loader_state"][installed_batch_sampler_key()]
+    assert "sampler_state" not in batch_sampler
 
 
 def test_weighted_random_choice_rng_is_restored_from_the_state() -> None:

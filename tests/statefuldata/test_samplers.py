@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import tracemalloc
 
 import pytest
@@ -8,8 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from statefuldata import IncompatibleStateError, SequentialSampler, ShuffledSampler
+from statefuldata import IncompatibleStateError, SequentialSampler, ShuffledSampler, make_loader
+from tests.data import Ids
 
 
 def round_trip(state):
@@ -155,3 +159,198 @@ def test_incompatible_state_names_both_configs() -> None:
 def test_bad_input(kwargs, error, match) -> None:
     with pytest.raises(error, match=match):
         ShuffledSampler(**kwargs)
+
+
+# --- epochs: torch's convention, checked against torchdata's StatefulDistributedSampler ---------
+
+N, BATCH, SEED = 24, 4, 5
+
+
+def _ours(num_workers: int):
+    return make_loader(Ids(N), batch_size=BATCH, shuffle=True, seed=SEED, num_workers=num_workers)
+
+
+def _theirs(num_workers: int):
+    sampler = StatefulDistributedSampler(Ids(N), num_replicas=1, rank=0, shuffle=True, seed=SEED)
+    return StatefulDataLoader(Ids(N), batch_size=BATCH, sampler=sampler, num_workers=num_workers)
+
+
+def _order(kind: str, epoch: int) -> list[int]:
+    if kind == "ours":
+        sampler = ShuffledSampler(N, seed=SEED)
+    else:
+        sampler = StatefulDistributedSampler(
+            Ids(N), num_replicas=1, rank=0, shuffle=True, seed=SEED
+        )
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def _trace(kind: str, passes: list[list[int]]) -> list[tuple[int, int, int]]:
+    """Each pass as (epoch, first position, length) within that sampler's own order of the epoch."""
+    out = []
+    for ids in passes:
+        found = [
+            (epoch, start, len(ids))
+            for epoch in range(8)
+            for start in range(N - len(ids) + 1)
+            if _order(kind, epoch)[start : start + len(ids)] == ids
+        ]
+        assert len(found) == 1, (kind, ids, found)
+        out.append(found[0])
+    return out
+
+
+def _drain(iterator) -> list[int]:
+    return [i for batch in iterator for i in batch.tolist()]
+
+
+def _take(iterator, batches: int) -> list[int]:
+    return [i for _ in range(batches) for i in next(iterator).tolist()]
+
+
+def _before_iter(loader):
+    out = []
+    for epoch in (0, 1, 2):
+        loader.sampler.set_epoch(epoch)
+        out.append(_drain(iter(loader)))
+    return out
+
+
+def _after_iter(loader):
+    out = []
+    for epoch in (0, 1, 2):
+        iterator = iter(loader)
+        loader.sampler.set_epoch(epoch)
+        out.append(_drain(iterator))
+    return out
+
+
+def _lightning_order(loader):
+    """Lightning 2.x: iter() once before epoch 0's set_epoch, then set_epoch before each iter()."""
+    iterator = iter(loader)
+    loader.sampler.set_epoch(0)
+    out = [_drain(iterator)]
+    for epoch in (1, 2):
+        loader.sampler.set_epoch(epoch)
+        out.append(_drain(iter(loader)))
+    return out
+
+
+def _jumps(loader):
+    out = []
+    for epoch in (3, 1):
+        loader.sampler.set_epoch(epoch)
+        out.append(_drain(iter(loader)))
+    return out
+
+
+SEQUENCES = {
+    "before-iter": _before_iter,
+    "after-iter": _after_iter,
+    "lightning": _lightning_order,
+    "jumps": _jumps,
+}
+EXPECTED = {  # (epoch, start, length) per pass; with workers prefetching starts the pass at iter()
+    ("before-iter", 0): [(0, 0, N), (1, 0, N), (2, 0, N)],
+    ("before-iter", 2): [(0, 0, N), (1, 0, N), (2, 0, N)],
+    ("after-iter", 0): [(0, 0, N), (1, 0, N), (2, 0, N)],
+    ("after-iter", 2): [(0, 0, N), (0, 0, N), (1, 0, N)],
+    ("lightning", 0): [(0, 0, N), (1, 0, N), (2, 0, N)],
+    ("lightning", 2): [(0, 0, N), (1, 0, N), (2, 0, N)],
+    ("jumps", 0): [(3, 0, N), (1, 0, N)],
+    ("jumps", 2): [(3, 0, N), (1, 0, N)],
+}
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sequence", sorted(SEQUENCES))
+def test_set_epoch_sequences_match_stateful_distributed_sampler(sequence, num_workers) -> None:
+    ours = _trace("ours", SEQUENCES[sequence](_ours(num_workers)))
+    theirs = _trace("theirs", SEQUENCES[sequence](_theirs(num_workers)))
+    assert ours == theirs == EXPECTED[sequence, num_workers]
+
+
+def _resumed(factory, num_workers: int, *, batches: int, set_after_iter: bool):
+    """Epoch 0, then `batches` of epoch 1; resume in a fresh loader, finish epoch 1, run epoch 2."""
+    first = factory(num_workers)
+    first.sampler.set_epoch(0)
+    passes = [_drain(iter(first))]
+    first.sampler.set_epoch(1)
+    iterator = iter(first)
+    passes.append(_take(iterator, batches))
+    state = round_trip(first.state_dict())
+    del iterator
+    second = factory(num_workers)
+    second.load_state_dict(state)
+    if set_after_iter:
+        iterator = iter(second)
+        second.sampler.set_epoch(1)
+    else:
+        second.sampler.set_epoch(1)
+        iterator = iter(second)
+    passes.append(_drain(iterator))
+    second.sampler.set_epoch(2)
+    passes.append(_drain(iter(second)))
+    return passes
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("set_after_iter", [False, True])
+@pytest.mark.parametrize("batches", [1, 3, 6])
+def test_set_epoch_after_load_state_dict_matches_stateful_distributed_sampler(
+    batches, set_after_iter, num_workers
+) -> None:
+    kwargs = {"batches": batches, "set_after_iter": set_after_iter}
+    ours = _resumed(_ours, num_workers, **kwargs)
+    theirs = _resumed(_theirs, num_workers, **kwargs)
+    k = batches * BATCH
+    assert sorted(ours[1] + ours[2]) == list(range(N))
+    expected = [(0, 0, N), (1, 0, k), (1, k, N - k), (2, 0, N)]
+    if k == N:  # a state at the end of epoch 1: the resumed pass has nothing left
+        expected = [(0, 0, N), (1, 0, N), (2, 0, N)]
+        ours, theirs = [p for p in ours if p], [p for p in theirs if p]
+    assert _trace("ours", ours) == expected
+    if set_after_iter and num_workers and k < N:
+        # StatefulDistributedSampler's state has no epoch: prefetching starts the resumed pass
+        # before set_epoch(1) arrives, so it resumes the position in epoch 0's order. Ours keeps it.
+        assert _trace("theirs", theirs) == [*expected[:2], (0, k, N - k), expected[3]]
+    else:
+        assert _trace("theirs", theirs) == expected
+
+
+def test_automatic_advance_and_explicit_set_epoch_together() -> None:
+    s = ShuffledSampler(N, seed=SEED)
+    passes = [list(s), list(s)]  # epochs 0 and 1 by themselves
+    s.set_epoch(4)  # wins for the next pass ...
+    passes.append(list(s))
+    passes.append(list(s))  # ... and the one after advances from it
+    it = iter(s)
+    head = [next(it) for _ in range(5)]
+    s.set_epoch(0)  # in flight: the rest of epoch 6 is untouched, epoch 0 comes next
+    passes += [head + list(it), list(s)]
+    assert [e for e, _, _ in _trace("ours", passes)] == [0, 1, 4, 5, 6, 0]
+
+
+def test_set_epoch_never_discards_a_loaded_position(caplog) -> None:
+    reference = ShuffledSampler(N, seed=SEED)
+    reference.set_epoch(2)
+    order = list(reference)
+    s = ShuffledSampler(N, seed=SEED)
+    s.load_state_dict({**reference.state_dict(), "position": 10})
+    s.set_epoch(2)  # equal to the loaded epoch: the position stays
+    assert list(s) == order[10:]
+    s.load_state_dict({**reference.state_dict(), "position": 10})
+    with caplog.at_level(logging.WARNING, logger="statefuldata.samplers"):
+        s.set_epoch(0)
+    assert (
+        "set_epoch(0) ignored: a loaded state resumes epoch 2 at position 10 of 24" in caplog.text
+    )
+    assert list(s) == order[10:]
+    s.load_state_dict({**reference.state_dict(), "position": N})  # nothing left of epoch 2
+    s.set_epoch(7)
+    assert _trace("ours", [list(s)]) == [(7, 0, N)]
+    s.set_epoch(3)
+    s.load_state_dict({**reference.state_dict(), "position": 4})  # a load clears an earlier request
+    assert list(s) == order[4:]
+    assert _trace("ours", [list(s)]) == [(3, 0, N)]

@@ -77,3 +77,28 @@ def test_default_points_cover_boundaries_for_long_runs() -> None:
     report = verify_resume(lambda: make_loader(Ids(120), batch_size=2, shuffle=True))
     assert report.ok and report.total_batches == 120
     assert {0, 1, 59, 60, 61, 120} <= set(report.points) and len(report.points) < 60
+
+
+def test_default_points_are_exactly_the_documented_48() -> None:
+    report = verify_resume(
+        lambda: make_loader(Ids(60), batch_size=2, shuffle=True, num_workers=0), epochs=2
+    )
+    points = set(report.points)
+    assert report.ok and report.total_batches == 60 and len(points) == 48
+    assert {0, 1} | {29, 30, 31, 59, 60} <= points  # start, then around both epoch boundaries
+    gaps = [b - a for a, b in zip(report.points, report.points[1:])]
+    assert max(gaps) <= 3  # an even spread over the rest
+
+
+def test_points_all_checks_every_batch() -> None:
+    report = verify_resume(lambda: make_loader(Ids(120), batch_size=2), points="all", epochs=1)
+    assert report.ok and report.points == tuple(range(61))
+    with pytest.raises(
+        ValueError, match=r"points must be 'all', None or a list of ints \(got 'every'\)"
+    ):
+        verify_resume(lambda: make_loader(Ids(6), batch_size=2), points="every")
+
+
+def test_an_unknown_cause_gives_no_hint() -> None:
+    report = verify_resume(lambda: make_loader(CountingStream(12, restore_shift=1), batch_size=2))
+    assert not report.ok and report.hint == "" and report.first_mismatch.hint == ""

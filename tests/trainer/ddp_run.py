@@ -120,6 +120,7 @@ def main(argv: list[str]) -> int:
         )
     finally:
         if distributed:
+            dist.barrier()  # both ranks are done with every collective before the group goes
             dist.destroy_process_group()
     return 0
 

@@ -1,0 +1,148 @@
+"""accelerate: exact resumes through ``Accelerator.save_state``/``load_state``.
+
+``Accelerator.prepare`` rebuilds a DataLoader from its parts (dataset, batch sampler, worker init
+function, ...), so our sampler and dataset view travel into accelerate's ``DataLoaderShard``:
+
+* With ``DataLoaderConfiguration(use_stateful_dataloader=True)`` accelerate stores the loader's
+  state in ``save_state`` itself, taken at the batch you last received: resumes are exact. Call
+  ``loader.set_epoch(epoch)`` at the start of each epoch (accelerate's own epoch counter restarts at 0
+  after ``load_state``).
+* By default accelerate stores no data position at all. :class:`ResumableLoader` is the adapter:
+  it counts the batches you consume, is registered with ``accelerator.register_for_checkpointing``,
+  and on ``load_state`` puts our sampler back at that position (O(1), no batch is loaded twice). It
+  also keeps accelerate's epoch counter, our sampler and the workers' epoch in step, so it serves the
+  stateful configuration as well.
+
+Example::
+
+    accelerator = Accelerator()
+    loader = ResumableLoader(accelerator.prepare(make_loader(ds, batch_size=32, shuffle=True)))
+    accelerator.register_for_checkpointing(loader)
+    accelerator.load_state("ckpt")  # when resuming
+    for epoch in range(loader.next_epoch, num_epochs):
+        for batch in loader:
+            ...
+            accelerator.save_state("ckpt")  # whenever you like: the position is the batch you hold
+
+State keys: ``epoch`` (of the pass the next batch comes from), ``batches`` (consumed in it; after a
+pass's last batch the state points at the start of the next pass). Resume guarantee: the remaining
+batches equal the uninterrupted ones, at any batch and across epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from statefuldata.errors import IncompatibleStateError
+from statefuldata.samplers import PositionSampler
+from statefuldata.views import EpochView
+
+__all__ = ["ResumableLoader"]
+
+
+def _our_sampler(loader: Any) -> PositionSampler | None:
+    """Our sampler inside a prepared loader (accelerate nests batch samplers), if any."""
+    node = getattr(loader, "batch_sampler", None)
+    for _ in range(4):
+        if node is None:
+            return None
+        sampler = getattr(node, "sampler", None)
+        if isinstance(sampler, PositionSampler):
+            return sampler
+        node = getattr(node, "batch_sampler", None)
+    return None
+
+
+class ResumableLoader:
+    """A prepared accelerate loader whose position ``save_state``/``load_state`` carry exactly."""
+
+    KEY_EPOCH: ClassVar[str] = "epoch"
+    KEY_BATCHES: ClassVar[str] = "batches"
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self._epoch = -1  # epoch of the current (or last) pass
+        self._batches = 0  # batches consumed in it
+        self._resume: tuple[int, int] | None = None
+        self._requested: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        loader = self.__dict__.get("loader")
+        if loader is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(loader, name)
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the current (or last) pass; -1 before the first."""
+        return self._epoch
+
+    @property
+    def next_epoch(self) -> int:
+        """Epoch the next ``iter()`` produces: the resumed one after ``load_state``."""
+        if self._resume is not None:
+            return self._resume[0]
+        return self._epoch + 1 if self._requested is None else self._requested
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the next pass (a resumed pass keeps its own)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        self._requested = epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.next_epoch
+        resume, self._resume, self._requested = self._resume, None, None
+        self._epoch, self._batches = epoch, 0 if resume is None else resume[1]
+        self.loader.set_epoch(epoch)  # accelerate's counter and our sampler's next pass
+        worker_init_fn: Any = getattr(self.loader, "worker_init_fn", None)
+        if hasattr(worker_init_fn, "epoch"):  # statefuldata's worker seeder
+            worker_init_fn.epoch = epoch
+        dataset = getattr(self.loader, "dataset", None)
+        if isinstance(dataset, EpochView):
+            dataset.begin_pass(epoch)
+        return self._count(iter(self.loader))
+
+    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from; after a pass's last batch that is the next pass.
+
+        (accelerate marks its own stateful state "finished" at the last batch, as it looks ahead.)
+        """
+        if self._epoch >= 0 and getattr(self.loader, "end_of_dataloader", False):
+            return {self.KEY_EPOCH: self._epoch + 1, self.KEY_BATCHES: 0}
+        return {self.KEY_EPOCH: max(self._epoch, 0), self.KEY_BATCHES: self._batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the saved pass at the saved batch (takes effect at the next ``iter()``)."""
+        expected = {self.KEY_EPOCH, self.KEY_BATCHES}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise IncompatibleStateError(
+                f"ResumableLoader state must have keys {sorted(expected)} (got {got}); pass the "
+                "dict returned by state_dict()"
+            )
+        epoch, batches = int(state[self.KEY_EPOCH]), int(state[self.KEY_BATCHES])
+        self._resume = (epoch, batches)
+        if getattr(self.loader, "use_stateful_dataloader", False):
+            return  # accelerate restores the loader's own state (sampler included) itself
+        sampler = _our_sampler(self.loader)
+        if sampler is None:
+            raise IncompatibleStateError(
+                "ResumableLoader restores a default (not stateful) prepared loader through its "
+                f"sampler, and this one has none of statefuldata's (dataset "
+                f"{type(getattr(self.loader, 'dataset', None)).__name__}). Build the loader with "
+                "statefuldata.make_loader over a map-style dataset, or prepare it with "
+                "DataLoaderConfiguration(use_stateful_dataloader=True)"
+            )
+        batch_size = self.loader.total_batch_size
+        position = min(batches * batch_size, sampler.num_samples)
+        sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "position": position})

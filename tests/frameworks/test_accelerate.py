@@ -1,0 +1,121 @@
+"""Through accelerate's Accelerator.prepare: every epoch sees each sample once; save/load_state exact."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import warnings
+
+import pytest
+import torch
+
+accelerate = pytest.importorskip(
+    "accelerate", reason="accelerate is an optional test dependency (extra 'frameworks')"
+)
+
+from accelerate.utils import DataLoaderConfiguration  # noqa: E402
+
+from statefuldata import IncompatibleStateError, make_loader  # noqa: E402
+from statefuldata.integrations.accelerate import ResumableLoader  # noqa: E402
+from tests.data import CountingStream, Ids  # noqa: E402
+
+SAMPLES, BATCH, EPOCHS = 24, 4, 2
+STEPS = SAMPLES // BATCH  # per epoch
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# default: accelerate stores no data position, ResumableLoader does. stateful: accelerate stores the
+# loader's state itself; with ResumableLoader, or with a plain loop that calls loader.set_epoch(epoch).
+MODES = {
+    "default+adapter": (False, True),
+    "stateful+adapter": (True, True),
+    "stateful": (True, False),
+}
+WORKERS = [0, pytest.param(2, marks=pytest.mark.slow)]
+
+
+def _setup(mode: str, num_workers: int):
+    stateful, adapter = MODES[mode]
+    accelerator = accelerate.Accelerator(
+        cpu=True, dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=stateful)
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    loader = make_loader(
+        Ids(SAMPLES), batch_size=BATCH, shuffle=True, seed=3, num_workers=num_workers
+    )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if adapter:
+        loader = ResumableLoader(loader)
+        accelerator.register_for_checkpointing(loader)
+    return accelerator, model, optimizer, loader
+
+
+def _train(mode: str, num_workers: int, root: str, *, stop: int = 0, resume: int | None = None):
+    """Train; with ``stop``, save_state after that many steps and return. ``resume``: load_state,
+    then start at that epoch (a plain loop records it; the adapter knows it)."""
+    accelerator, model, optimizer, loader = _setup(mode, num_workers)
+    adapter = isinstance(loader, ResumableLoader)
+    start = 0
+    if resume is not None:
+        accelerator.load_state(root)
+        start = loader.next_epoch if adapter else resume
+    seen, step = [], 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for epoch in range(start, EPOCHS):
+            if not adapter:
+                loader.set_epoch(epoch)
+            for batch in loader:
+                seen.append(batch.tolist())
+                x = batch.float().unsqueeze(1)
+                accelerator.backward(torch.nn.functional.mse_loss(model(x), x))
+                optimizer.step()
+                optimizer.zero_grad()
+                step += 1
+                if step == stop:
+                    accelerator.save_state(root)
+                    return seen
+    return seen
+
+
+@functools.cache
+def _reference(mode: str, num_workers: int) -> list[list[int]]:
+    with tempfile.TemporaryDirectory() as root:
+        return _train(mode, num_workers, root)
+
+
+@pytest.mark.parametrize("num_workers", WORKERS)
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_uninterrupted_epoch_sees_each_sample_once(mode, num_workers) -> None:
+    seen = _reference(mode, num_workers)
+    assert len(seen) == EPOCHS * STEPS
+    for epoch in range(EPOCHS):
+        ids = [i for batch in seen[epoch * STEPS : (epoch + 1) * STEPS] for i in batch]
+        assert sorted(ids) == list(range(SAMPLES))
+    assert seen[:STEPS] != seen[STEPS:]
+
+
+# 3: mid-epoch 0 (the resume crosses the epoch boundary); 8: mid-epoch 1; 6: the last batch of epoch 0
+@pytest.mark.parametrize("step", [3, 8, 6])
+@pytest.mark.parametrize("num_workers", WORKERS)
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_save_state_then_load_state_equals_the_uninterrupted_run(mode, num_workers, step, tmp_path):
+    first = _train(mode, num_workers, str(tmp_path), stop=step)
+    rest = _train(mode, num_workers, str(tmp_path), resume=step // STEPS)
+    assert len(first) == step and len(rest) == EPOCHS * STEPS - step
+    assert first + rest == _reference(mode, num_workers)
+
+
+def test_resumable_loader_errors_say_what_to_do() -> None:
+    accelerator = accelerate.Accelerator(cpu=True)
+    stream = ResumableLoader(accelerator.prepare(make_loader(CountingStream(8), batch_size=2)))
+    with pytest.raises(IncompatibleStateError, match=r"prepare it with DataLoaderConfiguration\("):
+        stream.load_state_dict({"epoch": 0, "batches": 1})
+    loader = ResumableLoader(accelerator.prepare(make_loader(Ids(8), batch_size=2)))
+    with pytest.raises(IncompatibleStateError, match=r"must have keys \['batches', 'epoch'\]"):
+        loader.load_state_dict({"epoch": 0})
+    with pytest.raises(ValueError, match=r"'epoch' must be an int >= 0 \(got -1\)"):
+        loader.set_epoch(-1)
+    assert len(loader) == 4 and loader.state_dict() == {"epoch": 0, "batches": 0}
