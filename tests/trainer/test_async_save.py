@@ -10,6 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -36,6 +39,7 @@ from trainer.checkpoints.manager import CheckpointManager
 from trainer.resume import ResumeState
 
 EPOCHS = 2
+REPO = Path(__file__).resolve().parents[2]
 
 
 def trainer_for(
@@ -288,3 +292,94 @@ def test_fit_raises_a_failed_last_save_and_notes_it_on_another_error(
         "[Errno 28] Cannot save (ENOSPC)"
     ]
     assert not trainer.checkpoints.save_in_flight and not trainer.checkpoints.holds_lock
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import torch
+    import trainer.checkpoints.io as checkpoint_io
+    from trainer.checkpoints.commit import FolderCommitter
+    from trainer.checkpoints.manager import CheckpointManager
+    from trainer.config import CheckpointConfig
+
+    root, signals, where = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+    def hold(name):  # on the background writer: tell the test, then wait for the kill
+        (signals / name).touch()
+        time.sleep(600)
+
+    class Halfway:  # the temp file of step 2: its first 1 MiB is written, then the write stops
+        def __init__(self, f):
+            self.f, self.written = f, 0
+        def write(self, data):
+            if self.written >= 1 << 20:
+                hold("writing")
+            self.written += memoryview(data).nbytes
+            return self.f.write(data)
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    save, point = checkpoint_io.save_with_checksum, FolderCommitter.point
+    def paused_save(obj, f):
+        return save(obj, Halfway(f) if where == "mid-file" and obj["global_step"] == 2 else f)
+    def paused_point(committer, name, target, **kwargs):
+        if where == "before-latest" and target.name.endswith("step=000002.ckpt"):
+            hold("writing")  # the file is complete and renamed; latest not moved yet
+        return point(committer, name, target, **kwargs)
+    checkpoint_io.save_with_checksum, FolderCommitter.point = paused_save, paused_point
+
+    manager = CheckpointManager(CheckpointConfig(root_dir=root, async_save=True))
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("big", torch.zeros(1_000_000))
+    for step in (1, 2):
+        model.big.fill_(step)
+        manager.save_checkpoint(model=model, optimizers=[], epoch=0, global_step=step)
+        if step == 1:
+            manager.wait()
+    model.big.fill_(-1.0)  # training goes on: the snapshot being written is not affected
+    (signals / "returned").touch()
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.slow  # a real subprocess, killed with SIGKILL
+@pytest.mark.parametrize("where", ["mid-file", "before-latest"])
+def test_kill_9_during_an_async_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, where: str
+) -> None:
+    root, signals = tmp_path / "run", tmp_path / "signals"
+    signals.mkdir()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(root), str(signals), where], env=env, cwd=REPO
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ((signals / "writing").exists() and (signals / "returned").exists()):
+            assert child.poll() is None, "the saving subprocess died on its own"
+            assert time.monotonic() < deadline, "the save of step 2 never reached its pause"
+            time.sleep(0.01)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    first, second = root / "epoch=0000-step=000001.ckpt", root / "epoch=0000-step=000002.ckpt"
+    assert (root / "latest.ckpt").resolve() == first
+    assert check_integrity(first).status is IntegrityStatus.VERIFIED
+    assert read_checkpoint(root / "latest.ckpt")["model_state_dict"]["big"].eq(1.0).all()
+    temps = [p for p in root.iterdir() if p.name.endswith(".tmp")]
+    if where == "mid-file":  # the partial file never got its name
+        assert not second.exists() and len(temps) == 1 and temps[0].stat().st_size >= 1 << 20
+    else:  # complete under its name; latest still on step 1
+        assert not temps and check_integrity(second).status is IntegrityStatus.VERIFIED
+        assert read_checkpoint(second)["model_state_dict"]["big"].eq(2.0).all()  # the snapshot
+    manager = CheckpointManager(CheckpointConfig(root_dir=root, async_save=True))
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("big", torch.zeros(1_000_000))
+    assert manager.restore_from_checkpoint(model, [], [], restore_rng=False)[1] == 1
+    assert model.big.eq(1.0).all()
+    with manager.writer():  # the killed process's temp file is an orphan: the next writer drops it
+        assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]

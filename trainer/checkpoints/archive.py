@@ -24,7 +24,7 @@ import queue
 import struct
 import threading
 import zlib
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import torch
 
@@ -282,7 +282,7 @@ def write_archive(obj: Any, f: BinaryIO) -> tuple[int, int]:
         own_crcs = _save_with_torch_writer(obj, hashing)
         if not own_crcs:
             logger.debug("torch's zip writer API is not available; using torch.save")
-            torch.save(obj, hashing)
+            torch.save(obj, cast(BinaryIO, hashing))  # it only writes and flushes
     finally:
         if helper is not None:
             helper.in_use.release()

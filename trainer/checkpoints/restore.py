@@ -9,7 +9,6 @@ rebuilds the objects. The RNGs are restored only from a file that passed.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,10 @@ def restore_newest(
     Returns:
         ``(path, payload, resume_state)``, or None when the folder holds no candidate.
     """
-    attempt = functools.partial(restore_file, **apply_args)
+
+    def attempt(path: Path) -> tuple[dict[str, Any], ResumeState]:
+        return restore_file(path, **apply_args)
+
     if checkpoint_path is None:
         found = newest_valid(root, files, attempt)
         if found is None:
