@@ -1,41 +1,44 @@
-"""``torch.save``'s zip archive, written with each byte hashed once, while it is written.
+"""``torch.save``'s zip archive, written once, each byte hashed once, the hashing hidden in the fsync.
 
 ``torch.save`` computes the CRC-32 of every zip record itself (miniz, about 1 GB/s), and the
 checkpoint's own checksum needs a CRC-32 of the whole file on top. :func:`write_archive` writes the
-same archive through torch's zip writer with its CRCs off; every buffer the writer hands over is
-hashed (on a helper thread for large ones, overlapped with the write) as it goes to the file.
-Afterwards each record's CRC-32 is put where torch would have put it (its data descriptor and its
-central directory entry, so ``zipfile`` and ``unzip -t`` still check every record), and the CRC
-of the whole file is combined from the pieces' CRCs (:func:`~trainer.checkpoints.crc.crc32_combine`):
-only the few hundred bytes of headers and the central directory are read back.
+same archive through torch's zip writer with its CRCs off. Small writes (headers, the pickle) are
+hashed as they go; the large ones (tensor data) are hashed afterwards from the file's pages, on the
+usable cores, while a helper thread fsyncs the file: the disk is the bottleneck then and the cores
+are idle, so a checksummed save costs what the write and the fsync cost. Then each record's CRC-32
+is put where torch would have put it (its data descriptor and its central directory entry, so
+``zipfile`` and ``unzip -t`` still check every record), and the CRC of the whole file is combined
+from the pieces' CRCs (:func:`~trainer.checkpoints.crc.crc32_combine`): only the few hundred bytes of
+headers and the central directory are read back. The caller's own fsync then writes those few
+patched pages.
 
 The result is byte for byte what ``torch.save`` writes. Where torch's private writer API is not
-there (another torch version), :func:`write_archive` falls back to ``torch.save`` and hashes the file
-once more.
+there (another torch version), :func:`write_archive` falls back to ``torch.save`` and hashes its
+writes the same way.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
+import mmap
 import os
 import pickle
-import queue
 import struct
-import threading
 import zlib
 from typing import Any, BinaryIO, cast
 
 import torch
 
-from trainer.checkpoints.crc import crc32_combine
+from trainer.checkpoints.crc import crc32_combine, default_threads
 
 __all__ = ["write_archive"]
 
 logger = logging.getLogger(__name__)
 
-#: Buffers at least this large are hashed on a helper thread while they are written.
-PARALLEL_BYTES = 1 << 20
+#: Writes at least this large are hashed after the write, while the file is fsynced.
+DEFER_BYTES = 1 << 20
 #: Pieces at least this large keep the CRC taken while writing; smaller ones are read back.
 COMBINE_BYTES = 64 << 10
 _LOCAL, _CENTRAL, _DESCRIPTOR = b"PK\x03\x04", b"PK\x01\x02", b"PK\x07\x08"
@@ -43,72 +46,95 @@ _EOCD, _ZIP64_EOCD, _ZIP64_LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
 _FULL32 = 0xFFFFFFFF
 
 
-class _Hasher:
-    """A helper thread computing the CRC-32 of one buffer while the caller writes it.
-
-    One per process, started on first use and kept (a thread start costs milliseconds on a busy
-    machine); a save that finds it in use by another save hashes on its own thread instead.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self.in_use = threading.Lock()
-
-    def _loop(self) -> None:
-        while True:
-            view = self._jobs.get()
-            try:
-                self._done.put(zlib.crc32(view))
-            except BaseException as exc:  # handed to the caller by crc_while
-                self._done.put(exc)
-            del view
-
-    def crc_while(self, view: memoryview, write: Any) -> int:
-        """``write(view)`` here and ``crc32(view)`` on the helper thread; the CRC when both are done.
-
-        The caller holds :attr:`in_use`.
-        """
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="checkpoint-crc", daemon=True)
-            self._thread.start()
-        self._jobs.put(view)
-        try:
-            write(view)
-        finally:
-            crc = self._done.get()  # always: the view must outlive its hashing
-        if isinstance(crc, BaseException):
-            raise crc
-        return crc
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's checkpoint helper threads (kept: a thread start costs milliseconds on a busy
+    machine): one fsyncs a file while the others hash it."""
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(
+            max_workers=default_threads(), thread_name_prefix="checkpoint-save"
+        )
+    return _POOL
 
 
-_HASHER = _Hasher()
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 class _HashingFile:
-    """The file object torch's zip writer writes to: each write goes on, its CRC-32 is recorded."""
+    """The file object torch's zip writer writes to: each write goes on, and is recorded.
 
-    def __init__(self, f: BinaryIO, helper: _Hasher | None) -> None:
+    Small writes (headers, the pickle) are hashed at once; large ones (tensor data) are hashed
+    later, from the file's pages, while the disk writes them (:func:`_hash_while_syncing`).
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
         self._f = f
-        self._helper = helper
         self.offset = 0
-        self.pieces: list[tuple[int, int, int]] = []  # (offset, size, crc32) of every write
+        self.pieces: list[tuple[int, int, int | None]] = []  # (offset, size, crc32 or None)
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         size = view.nbytes
-        if size >= PARALLEL_BYTES and self._helper is not None:
-            crc = self._helper.crc_while(view, self._f.write)
-        else:
-            self._f.write(view)
-            crc = zlib.crc32(view)
-        self.pieces.append((self.offset, size, crc))
+        self._f.write(view)
+        self.pieces.append((self.offset, size, None if size >= DEFER_BYTES else zlib.crc32(view)))
         self.offset += size
         return size
 
     def flush(self) -> None:
         self._f.flush()
+
+
+def _crc_spans(fd: int, size: int, spans: list[tuple[int, int]]) -> list[int]:
+    """The CRC-32 of each ``(offset, length)`` of the file, through a read-only map."""
+    try:
+        mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, AttributeError):  # no map here: positional reads
+        return [_crc_of_range(fd, offset, offset + length) for offset, length in spans]
+    with mapped:
+        crcs = []
+        with memoryview(mapped) as view:
+            for offset, length in spans:
+                with view[offset : offset + length] as part:
+                    crcs.append(zlib.crc32(part))
+        return crcs
+
+
+def _hash_while_syncing(
+    fd: int, pieces: list[tuple[int, int, int | None]], size: int
+) -> list[tuple[int, int, int]]:
+    """Fill in the CRCs of the large writes, hashing the file while a helper thread fsyncs it.
+
+    The fsync keeps the disk busy and leaves the cores free, so the hashing (over the usable
+    cores) costs no time of its own. An fsync error is raised here: the caller's later fsync
+    could succeed after the kernel dropped the unwritten pages.
+    """
+    todo = [(offset, length) for offset, length, crc in pieces if crc is None]
+    if not todo:
+        return [(o, n, c) for o, n, c in pieces if c is not None]
+    groups = max(1, min(default_threads() - 1, len(todo)))
+    per = -(-len(todo) // groups)
+    parts = [todo[i : i + per] for i in range(0, len(todo), per)]
+    futures: list[concurrent.futures.Future[Any]] = []
+    try:
+        pool = _pool()
+        futures.append(pool.submit(os.fsync, fd))
+        futures += [pool.submit(_crc_spans, fd, size, part) for part in parts[1:]]
+    except RuntimeError:  # the interpreter is exiting (no new threads): one after the other
+        concurrent.futures.wait(futures)
+        if not futures:
+            os.fsync(fd)
+        futures = futures[:1]
+        parts = [todo]
+    try:
+        crcs = _crc_spans(fd, size, parts[0])
+        for future in futures[1:]:
+            crcs += future.result()
+    finally:
+        concurrent.futures.wait(futures)
+    if futures:
+        futures[0].result()  # the fsync's error, if any
+    found = iter(crcs)
+    return [(o, n, next(found) if c is None else c) for o, n, c in pieces]
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
@@ -268,6 +294,9 @@ def _save_with_torch_writer(obj: Any, f: _HashingFile) -> bool:
 def write_archive(obj: Any, f: BinaryIO) -> tuple[int, int]:
     """Write ``obj`` as ``torch.save`` would, to the real file ``f`` (open for reading too).
 
+    The file's data is fsynced here (its large writes are hashed meanwhile); the caller fsyncs
+    again after the checksum comment, which then writes only the patched header pages.
+
     Returns:
         ``(size, crc)``: the archive's size and the CRC-32 of its bytes before the last two (the
         zip comment's length, which the caller sets when it appends the checksum comment).
@@ -276,19 +305,14 @@ def write_archive(obj: Any, f: BinaryIO) -> tuple[int, int]:
         OSError: From the writes (e.g. ENOSPC); the file is then incomplete.
         RuntimeError: The archive torch wrote is not laid out as expected (nothing is patched).
     """
-    helper = _HASHER if _HASHER.in_use.acquire(blocking=False) else None
-    hashing = _HashingFile(f, helper)
-    try:
-        own_crcs = _save_with_torch_writer(obj, hashing)
-        if not own_crcs:
-            logger.debug("torch's zip writer API is not available; using torch.save")
-            torch.save(obj, cast(BinaryIO, hashing))  # it only writes and flushes
-    finally:
-        if helper is not None:
-            helper.in_use.release()
+    hashing = _HashingFile(f)
+    own_crcs = _save_with_torch_writer(obj, hashing)
+    if not own_crcs:
+        logger.debug("torch's zip writer API is not available; using torch.save")
+        torch.save(obj, cast(BinaryIO, hashing))  # it only writes and flushes
     f.flush()
     fd, size = f.fileno(), hashing.offset
-    pieces = _Pieces(hashing.pieces)
+    pieces = _Pieces(_hash_while_syncing(fd, hashing.pieces, size))
     if own_crcs:
         patched = _patch_crcs(fd, pieces, size)
     else:

@@ -8,8 +8,8 @@ readers, ``torch.load`` among them, ignore the comment, so the files still load 
 ``torch.load(path, weights_only=True)`` (also with ``mmap=True``).
 
 CRC-32 (zlib) is the algorithm: it finds every burst of up to 32 flipped bits and misses other
-damage with probability 2^-32. Saving hashes every byte once, as it is written
-(:mod:`trainer.checkpoints.archive`; torch's own, slower, record CRCs are replaced by ours, so the
+damage with probability 2^-32. Saving hashes every byte once, the tensor data while the file is
+fsynced (:mod:`trainer.checkpoints.archive`; torch's own, slower, record CRCs are replaced by ours, so the
 archive stays a valid zip whose records ``zipfile`` checks). Checking maps the file and hashes it in
 place on up to 4 threads, while ``torch.load(mmap=True)`` reads the same open file
 (:mod:`trainer.checkpoints.loading`). ``python -m benchmarks checkpoint`` measures both.
@@ -277,7 +277,8 @@ def save_with_checksum(obj: Any, f: BinaryIO) -> None:
     """``torch.save(obj, f)`` with the checksum comment appended; every byte is hashed once.
 
     ``f`` must be a real file opened for reading and writing at its start (it has a ``fileno()``).
-    The caller flushes and fsyncs it afterwards (nothing here waits for the disk).
+    The data is fsynced here, while it is hashed; the caller flushes and fsyncs the file again
+    afterwards (the checksum comment and the patched record CRCs).
 
     Raises:
         OSError: From the writes (e.g. ENOSPC); the file is then incomplete.
