@@ -383,3 +383,32 @@ def test_kill_9_during_an_async_save_keeps_the_previous_checkpoint(
     assert model.big.eq(1.0).all()
     with manager.writer():  # the killed process's temp file is an orphan: the next writer drops it
         assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]
+
+
+EXITING_CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from trainer.checkpoints.manager import CheckpointManager
+    from trainer.config import CheckpointConfig
+
+    manager = CheckpointManager(CheckpointConfig(root_dir=sys.argv[1], async_save=True))
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("big", torch.full((4_000_000,), 3.0))
+    manager.save_checkpoint(model=model, optimizers=[], epoch=0, global_step=3)
+    assert manager.save_in_flight
+    """  # and the interpreter exits with the save in flight
+)
+
+
+@pytest.mark.slow  # a real subprocess
+def test_an_interpreter_exiting_with_an_async_save_in_flight_finishes_it(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING_CHILD, str(tmp_path)], env=env, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 0
+    path = tmp_path / "epoch=0000-step=000003.ckpt"
+    assert (tmp_path / "latest.ckpt").resolve() == path
+    assert check_integrity(path).status is IntegrityStatus.VERIFIED
+    assert read_checkpoint(path)["model_state_dict"]["big"].eq(3.0).all()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
