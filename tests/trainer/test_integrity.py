@@ -129,11 +129,13 @@ def test_large_files_are_hashed_in_a_thread_with_the_same_digest(
         read_checkpoint(path)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(("threads", "overlap"), [(1, True), (3, True), (2, False)])
 def test_large_writes_hashed_while_fsyncing_give_torch_saves_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int, overlap: bool
 ) -> None:
     monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # every tensor hashed from the file
+    if overlap:  # while the data is fsynced (else before the one fsync: a small file)
+        monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
     monkeypatch.setattr(archive, "default_threads", lambda: threads)
     data = payload(6)
     data["model_state_dict"]["more"] = torch.arange(5000.0)
@@ -160,6 +162,7 @@ def test_an_fsync_error_while_hashing_fails_the_save(
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(archive, "DEFER_BYTES", 1024)
+    monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
     monkeypatch.setattr(archive.os, "fsync", failing)  # the data's fsync, on the helper thread
     with pytest.raises(CheckpointWriteError, match="Input/output error"):
         write_checkpoint(tmp_path / "a.ckpt", payload(2))
