@@ -28,11 +28,14 @@ __all__ = ["BackgroundJob"]
 logger = logging.getLogger(__name__)
 
 
+_Tasks = queue.SimpleQueue[Callable[[], None] | None]
+
+
 class _Worker:
     """The one thread that runs every job of the process, in the order they were started."""
 
     def __init__(self) -> None:
-        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._tasks: _Tasks = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
         self.pending: set[threading.Event] = set()
@@ -41,24 +44,34 @@ class _Worker:
         with self._mutex:
             self.pending.add(done)
             if self._thread is None or not self._thread.is_alive():
+                self._tasks = queue.SimpleQueue()  # its own: a thread that ends drops its queue
                 self._thread = threading.Thread(
-                    target=self._loop, name="checkpoint-writer", daemon=True
+                    target=self._loop, args=(self._tasks,), name="checkpoint-writer", daemon=True
                 )
                 self._thread.start()
-        self._tasks.put(task)
+            self._tasks.put(task)
 
-    def _loop(self) -> None:
-        while True:
-            self._tasks.get()()
+    @staticmethod
+    def _loop(tasks: _Tasks) -> None:
+        while (task := tasks.get()) is not None:
+            task()
+            del task  # what the job held goes now, not at the next one
 
     @property
     def current(self) -> threading.Thread | None:
         return self._thread
 
     def drain(self) -> None:
-        """Wait for every queued job (at interpreter exit: a save in flight is finished)."""
+        """Wait for every queued job, then end the thread (at interpreter exit: a save in flight
+        is finished, and no thread is left inside torch while the interpreter shuts down, which
+        aborts the process)."""
         for done in list(self.pending):
             done.wait()
+        with self._mutex:
+            thread, tasks, self._thread = self._thread, self._tasks, None
+        if thread is not None and thread.is_alive():
+            tasks.put(None)
+            thread.join()
 
 
 _WORKER = _Worker()
