@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from benchmarks.results import BenchmarkResult, Column, Figure, Panel, Series
 
@@ -211,6 +214,15 @@ def write_figure(out_dir: Path, figure: Figure) -> Path:
     return path
 
 
+def _figure_titles(markdown: Path) -> dict[str, str]:
+    """``{filename: title}`` of the figures an earlier ``results.md`` shows."""
+    try:
+        text = markdown.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    return {name: title for title, name in re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", text)}
+
+
 def _earlier(out_dir: Path, fresh: Sequence[BenchmarkResult]) -> list[BenchmarkResult]:
     """The results already in ``out_dir/results.json``, each replaced by a fresh one of its name.
 
@@ -234,6 +246,11 @@ def _earlier(out_dir: Path, fresh: Sequence[BenchmarkResult]) -> list[BenchmarkR
         except (KeyError, TypeError, ValueError):
             continue  # written by another version: dropped rather than shown wrong
         result.run = result.run or run
+        if "figure_titles" not in data:  # written before titles were stored: take them from the md
+            titles = _figure_titles(out_dir / "results.md")
+            result.figures = [
+                attrs.evolve(f, title=titles.get(f.filename, f.title)) for f in result.figures
+            ]
         merged.append(result)
     return merged + list(names.values())
 
