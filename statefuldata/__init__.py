@@ -18,6 +18,7 @@ from statefuldata.loader import (
 from statefuldata.manager import DataLoaderManager, EpochIterator, PhaseLoader
 from statefuldata.permutation import FeistelPermutation
 from statefuldata.persample import seeded_call
+from statefuldata.phase import Phase
 from statefuldata.protocols import CheckpointableIterable, StatefulSampler
 from statefuldata.samplers import SequentialSampler, ShuffledSampler
 from statefuldata.seeding import derive_seed, sample_rng, seed_everything, seed_worker
@@ -39,6 +40,7 @@ __all__ = [
     "LoaderSpec",
     "Mismatch",
     "MultiDataLoaderConfig",
+    "Phase",
     "PhaseLoader",
     "PipelineSpec",
     "ResumeMismatchError",

@@ -18,17 +18,17 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
 
+from statefuldata.validators import int_at_least, is_int, numpy_int_to_int, to_enum
+
 __all__ = ["EpochLengthPolicy", "MultiDataLoaderConfig", "SamplingStrategy"]
 
 logger = logging.getLogger(__name__)
-
-_E = TypeVar("_E", bound=enum.Enum)
 
 
 class SamplingStrategy(enum.Enum):
@@ -50,24 +50,12 @@ class EpochLengthPolicy(enum.Enum):
     FIXED_NUM_STEPS = "fixed_num_steps"
 
 
-def _enum_converter(enum_cls: type[_E], name: str) -> Callable[[object], _E]:
-    valid = ", ".join(repr(m.value) for m in enum_cls)
-
-    def convert(value: object) -> _E:
-        if isinstance(value, enum_cls):
-            return value
-        if isinstance(value, str):
-            key = value.strip().lower()
-            for member in enum_cls:
-                if key in (member.value, member.name.lower()):
-                    return member
-        raise ValueError(f"'{name}' must be one of {valid} (got {value!r})")
-
-    return convert
+def _to_strategy(value: object) -> SamplingStrategy:
+    return to_enum(SamplingStrategy, value, "sampling_strategy")
 
 
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+def _to_policy(value: object) -> EpochLengthPolicy:
+    return to_enum(EpochLengthPolicy, value, "epoch_length_policy")
 
 
 def _sequence(name: str, value: object) -> list[Any]:
@@ -92,7 +80,7 @@ def _to_pattern(value: object) -> tuple[int, ...] | None:
         return None
     items = _sequence("alternating_pattern", value)
     for i, p in enumerate(items):
-        if not _is_int(p):
+        if not is_int(p):
             raise TypeError(f"'alternating_pattern[{i}]' must be a loader index (int) (got {p!r})")
     return tuple(int(p) for p in items)
 
@@ -107,7 +95,9 @@ def _to_names(value: object) -> tuple[str, ...] | None:
     return tuple(items)
 
 
-def _check_weights(_inst: object, _attr: attrs.Attribute, value: tuple[float, ...] | None) -> None:
+def _check_weights(
+    _inst: object, _attr: attrs.Attribute[Any], value: tuple[float, ...] | None
+) -> None:
     if value is None:
         return
     if not value:
@@ -131,7 +121,9 @@ def _check_weights(_inst: object, _attr: attrs.Attribute, value: tuple[float, ..
         )
 
 
-def _check_pattern(_inst: object, _attr: attrs.Attribute, value: tuple[int, ...] | None) -> None:
+def _check_pattern(
+    _inst: object, _attr: attrs.Attribute[Any], value: tuple[int, ...] | None
+) -> None:
     if value is None:
         return
     if not value:
@@ -155,34 +147,18 @@ def _check_unique(label: str, names: tuple[str, ...]) -> None:
         )
 
 
-def _check_names(_inst: object, _attr: attrs.Attribute, value: tuple[str, ...] | None) -> None:
+def _check_names(_inst: object, _attr: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
     if value is not None:
         _check_unique("'dataloader_names'", value)
-
-
-def _to_int(value: object) -> object:
-    return int(value) if isinstance(value, np.integer) else value
 
 
 def _to_bool(value: object) -> object:
     return bool(value) if isinstance(value, np.bool_) else value
 
 
-def _check_bool(_inst: object, attr: attrs.Attribute, value: object) -> None:
+def _check_bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"'{attr.name}' must be True or False (got {value!r})")
-
-
-def _int_at_least(minimum: int, hint: str) -> Callable[[object, attrs.Attribute, object], None]:
-    def check(_inst: object, attr: attrs.Attribute, value: object) -> None:
-        if value is None and attr.name == "steps_per_epoch":
-            return
-        if not _is_int(value):
-            raise TypeError(f"'{attr.name}' must be an int (got {value!r})")
-        if value < minimum:
-            raise ValueError(f"'{attr.name}' must be >= {minimum} (got {value}); {hint}")
-
-    return check
 
 
 def _policy_values() -> str:
@@ -216,7 +192,7 @@ class MultiDataLoaderConfig:
 
     sampling_strategy: SamplingStrategy = attrs.field(
         default=SamplingStrategy.SEQUENTIAL,
-        converter=_enum_converter(SamplingStrategy, "sampling_strategy"),
+        converter=_to_strategy,
     )
     dataloader_weights: tuple[float, ...] | None = attrs.field(
         default=None, converter=_to_weights, validator=_check_weights
@@ -229,17 +205,21 @@ class MultiDataLoaderConfig:
     )
     epoch_length_policy: EpochLengthPolicy = attrs.field(
         default=EpochLengthPolicy.SUM_OF_LENGTHS,
-        converter=_enum_converter(EpochLengthPolicy, "epoch_length_policy"),
+        converter=_to_policy,
     )
     steps_per_epoch: int | None = attrs.field(
-        default=None, converter=_to_int, validator=_int_at_least(0, "use 0 or more steps, or None")
+        default=None,
+        converter=numpy_int_to_int,
+        validator=attrs.validators.optional(int_at_least(0, hint="use 0 or more steps, or None")),
     )
     cycle_short_loaders: bool = attrs.field(default=True, converter=_to_bool, validator=_check_bool)
     burst_size: int = attrs.field(
-        default=1, converter=_to_int, validator=_int_at_least(1, "use 1 for no bursts")
+        default=1, converter=numpy_int_to_int, validator=int_at_least(1, hint="use 1 for no bursts")
     )
     choice_rng_seed: int = attrs.field(
-        default=0, converter=_to_int, validator=_int_at_least(0, "seeds are non-negative, e.g. 0")
+        default=0,
+        converter=numpy_int_to_int,
+        validator=int_at_least(0, hint="seeds are non-negative, e.g. 0"),
     )
 
     def __attrs_post_init__(self) -> None:
@@ -291,7 +271,7 @@ class MultiDataLoaderConfig:
         Raises:
             ValueError: A weight count, pattern index or name count does not fit ``num_loaders``.
         """
-        if not _is_int(num_loaders):
+        if not is_int(num_loaders):
             raise TypeError(f"'num_loaders' must be an int (got {num_loaders!r})")
         if num_loaders < 1:
             raise ValueError(f"need at least one loader (got {num_loaders}); pass one or more")

@@ -24,7 +24,7 @@ __all__ = ["SkipFallback"]
 logger = logging.getLogger(__name__)
 
 
-def _reiterable(_instance: object, _attribute: attrs.Attribute, value: object) -> None:
+def _reiterable(_instance: object, _attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, Iterable):
         raise TypeError(f"SkipFallback needs an iterable (got {type(value).__name__})")
     if isinstance(value, Iterator):
@@ -36,7 +36,7 @@ def _reiterable(_instance: object, _attribute: attrs.Attribute, value: object) -
 
 
 @attrs.define(eq=False)
-class SkipFallback(IterableDataset):
+class SkipFallback(IterableDataset[Any]):
     """Make any re-iterable checkpointable by counting and skipping.
 
     Example:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+from statefuldata.validators import int_at_least
+
 __all__ = ["FeistelPermutation"]
 
 _ROUNDS = 4
@@ -19,11 +21,6 @@ _MUL1 = np.uint64(0x9E3779B97F4A7C15)
 _MUL2 = np.uint64(0xBF58476D1CE4E5B9)
 _S1 = np.uint64(31)
 _S2 = np.uint64(29)
-
-
-def _positive(_instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if value <= 0:
-        raise ValueError(f"'{attribute.name}' must be > 0 (got {value}); a permutation needs items")
 
 
 @attrs.frozen
@@ -36,7 +33,9 @@ class FeistelPermutation:
         True
     """
 
-    n: int = attrs.field(converter=int, validator=_positive)
+    n: int = attrs.field(
+        converter=int, validator=int_at_least(1, above=True, hint="a permutation needs items")
+    )
     key: int = attrs.field(converter=int)
     _half_bits: int = attrs.field(init=False)
     _round_keys: tuple[np.uint64, ...] = attrs.field(init=False, repr=False)
@@ -61,7 +60,8 @@ class FeistelPermutation:
             f *= _MUL2
             f ^= f >> _S2
             left, right = right, left ^ (f & mask)
-        return (left << half) | right
+        out: np.ndarray = (left << half) | right
+        return out
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         """Map an array of positions in ``[0, n)`` to their permuted values (int64)."""

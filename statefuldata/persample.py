@@ -119,7 +119,7 @@ class _Forwarding:
         return f"{type(self).__name__}({self.dataset!r})"
 
 
-class SeededMap(_Forwarding, Dataset):
+class SeededMap(_Forwarding, Dataset[Any]):
     """Map-style: ``dataset[index]`` read under ``derive_seed(seed, epoch, index)``."""
 
     def __init__(self, dataset: Any, *, seed: int) -> None:
@@ -132,7 +132,7 @@ class SeededMap(_Forwarding, Dataset):
         return seeded_call(_key(self.seed, _epoch(), index), self.dataset.__getitem__, index)
 
 
-class SeededStream(_Forwarding, IterableDataset):
+class SeededStream(_Forwarding, IterableDataset[Any]):
     """A stream whose every ``next()`` runs under the item's own seed (see the module docstring).
 
     Without state methods: positions count from the start of each pass, which is what the skip

@@ -32,6 +32,7 @@ import numpy as np
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.permutation import FeistelPermutation
 from statefuldata.seeding import derive_seed
+from statefuldata.validators import check_epoch, int_at_least
 
 __all__ = ["SequentialSampler", "ShuffledSampler"]
 
@@ -41,22 +42,10 @@ _MIN_CHUNK = 512
 _MAX_CHUNK = 1 << 16
 
 
-def _positive_int(_instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"'{attribute.name}' must be an int (got {value!r})")
-    if value <= 0:
-        raise ValueError(
-            f"'{attribute.name}' must be > 0 (got {value}); a sampler needs a non-empty dataset"
-            if attribute.name == "n"
-            else f"'{attribute.name}' must be > 0 (got {value})"
-        )
-
-
-def _non_negative_int(_instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"'{attribute.name}' must be an int (got {value!r})")
-    if value < 0:
-        raise ValueError(f"'{attribute.name}' must be >= 0 (got {value}); use e.g. 0")
+_positive_int = int_at_least(1, above=True)
+_non_negative_int = int_at_least(0, hint="use e.g. 0")
+# 'n' names what an empty sampler would lack
+_positive_n = int_at_least(1, above=True, hint="a sampler needs a non-empty dataset")
 
 
 @attrs.define(eq=False)
@@ -68,7 +57,7 @@ class PositionSampler:
     KEY_FINGERPRINT: ClassVar[str] = "fingerprint"
     KIND: ClassVar[str] = ""
 
-    n: int = attrs.field(validator=_positive_int)
+    n: int = attrs.field(validator=_positive_n)
     rank: int = attrs.field(default=0, kw_only=True, validator=_non_negative_int)
     world_size: int = attrs.field(default=1, kw_only=True, validator=_positive_int)
     drop_last: bool = attrs.field(default=False, kw_only=True, converter=bool)
@@ -114,9 +103,10 @@ class PositionSampler:
     @property
     def position(self) -> int:
         """Samples of the current epoch already handed out by this rank."""
-        if self._chunk_iter is None:
+        if self._chunk_iter is None or self._chunk is None:
             return self._position
-        return self._chunk_start + len(self._chunk) - self._chunk_iter.__length_hint__()
+        left: int = self._chunk_iter.__length_hint__()
+        return self._chunk_start + len(self._chunk) - left
 
     def _advances(self) -> bool:
         """Whether the next ``iter()`` starts a new pass (the current one began or has nothing left)."""
@@ -134,8 +124,7 @@ class PositionSampler:
 
         See the module docstring for the full rule (torch's convention plus automatic advance).
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        check_epoch(epoch)
         epoch = int(epoch)
         if self._live:
             self._requested = epoch

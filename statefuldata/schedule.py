@@ -28,6 +28,7 @@ import torch
 
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.seeding import derive_seed
+from statefuldata.validators import check_epoch
 
 __all__ = [
     "build_schedule",
@@ -254,8 +255,7 @@ def build_schedule(
         >>> build_schedule(cfg, [3, 1, 2], epoch=0)
         [0, 1, 2, 0, 2, 0]
     """
-    if not _is_int(epoch) or epoch < 0:
-        raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+    check_epoch(epoch)
     total = epoch_length(config, lengths)
     if total == 0:
         return []
@@ -266,7 +266,8 @@ def build_schedule(
         if rng is None:
             rng = choice_rng_for_epoch(config, int(epoch))
         picks = rng.choice(len(probs), size=-(-total // burst), p=probs / probs.sum())
-        return np.repeat(picks, burst)[:total].tolist()
+        drawn: list[int] = np.repeat(picks, burst)[:total].tolist()
+        return drawn
     counts = quotas(config, lengths, total)
     if strategy is _S.SEQUENTIAL:
         return [i for i, c in enumerate(counts) for _ in range(c)]

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from statefuldata.epochs import current_epoch
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.seeding import derive_seed
+from statefuldata.validators import check_epoch, int_at_least
 from statefuldata.wrapping import checkpointable, is_map_style
 
 __all__ = ["ShuffleBuffer"]
@@ -41,7 +42,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _stream(_instance: object, _attribute: attrs.Attribute, value: object) -> None:
+def _stream(_instance: object, _attribute: attrs.Attribute[Any], value: object) -> None:
     if is_map_style(value):
         raise TypeError(
             f"ShuffleBuffer shuffles streams; {type(value).__name__} is map-style (__getitem__ and "
@@ -52,14 +53,6 @@ def _stream(_instance: object, _attribute: attrs.Attribute, value: object) -> No
             f"ShuffleBuffer needs a re-iterable stream (got {type(value).__name__}); pass an object "
             "whose __iter__ opens the stream anew, e.g. an IterableDataset"
         )
-
-
-def _int_at_least(minimum: int):
-    def check(_instance: object, attribute: attrs.Attribute, value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"'{attribute.name}' must be an int >= {minimum} (got {value!r})")
-
-    return check
 
 
 def window_order(key: int, count: int) -> list[int]:
@@ -76,7 +69,8 @@ def window_order(key: int, count: int) -> list[int]:
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
     z ^= z >> np.uint64(31)
-    return np.argsort(z, kind="stable").tolist()
+    order: list[int] = np.argsort(z, kind="stable").tolist()
+    return order
 
 
 def _loader_epoch(default: int) -> int:
@@ -87,7 +81,7 @@ def _loader_epoch(default: int) -> int:
 
 
 @attrs.define(eq=False)
-class ShuffleBuffer(IterableDataset):
+class ShuffleBuffer(IterableDataset[Any]):
     """Shuffle a stream through a window of ``buffer_size`` items; resumes exactly.
 
     ``dataset`` may be checkpointable (``state_dict``/``load_state_dict``: restores seek there) or a
@@ -136,9 +130,9 @@ class ShuffleBuffer(IterableDataset):
     KEY_FINGERPRINT: ClassVar[str] = "fingerprint"
 
     dataset: Any = attrs.field(validator=_stream)
-    buffer_size: int = attrs.field(validator=_int_at_least(1))
-    seed: int = attrs.field(kw_only=True, validator=_int_at_least(0))
-    rank: int = attrs.field(default=0, kw_only=True, validator=_int_at_least(0))
+    buffer_size: int = attrs.field(validator=int_at_least(1, single=True))
+    seed: int = attrs.field(kw_only=True, validator=int_at_least(0, single=True))
+    rank: int = attrs.field(default=0, kw_only=True, validator=int_at_least(0, single=True))
 
     _source: Any = attrs.field(init=False, default=None, repr=False)
     _pristine: Any = attrs.field(init=False, default=None, repr=False)
@@ -168,8 +162,7 @@ class ShuffleBuffer(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch of the next pass (torch's convention); forwarded to the stream."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        check_epoch(epoch)
         self._requested = int(epoch)
         forward = getattr(self._source, "set_epoch", None)
         if callable(forward):

@@ -16,6 +16,7 @@ from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, Sampli
 from statefuldata.loader import make_loader
 from statefuldata.manager import DataLoaderManager
 from statefuldata.persample import PER_SAMPLE_SEED_DEFAULT
+from statefuldata.validators import int_at_least
 
 __all__ = ["LoaderSpec", "PipelineSpec"]
 
@@ -26,16 +27,6 @@ def _describe(dataset: Any) -> dict[str, Any]:
     except TypeError:
         length = None
     return {"class": type(dataset).__name__, "length": length}
-
-
-def _int_at_least(minimum: int):
-    def check(_inst: object, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and attribute.name in ("seed", "shuffle_buffer_size"):
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"'{attribute.name}' must be an int >= {minimum} (got {value!r})")
-
-    return check
 
 
 @attrs.frozen(kw_only=True)
@@ -53,16 +44,20 @@ class LoaderSpec:
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
     dataset: Any = attrs.field(eq=False)
-    batch_size: int = attrs.field(default=1, validator=_int_at_least(1))
+    batch_size: int = attrs.field(default=1, validator=int_at_least(1, single=True))
     shuffle: bool = False
-    num_workers: int = attrs.field(default=0, validator=_int_at_least(0))
+    num_workers: int = attrs.field(default=0, validator=int_at_least(0, single=True))
     weight: float | None = None
     drop_last: bool = False
-    seed: int | None = attrs.field(default=None, validator=_int_at_least(0))
+    seed: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(int_at_least(0, single=True))
+    )
     per_sample_seed: bool = attrs.field(
         default=PER_SAMPLE_SEED_DEFAULT, validator=attrs.validators.instance_of(bool)
     )
-    shuffle_buffer_size: int | None = attrs.field(default=None, validator=_int_at_least(1))
+    shuffle_buffer_size: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(int_at_least(1, single=True))
+    )
     loader_kwargs: dict[str, Any] = attrs.field(factory=dict, eq=False)
 
     def build(self, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> Any:
@@ -116,7 +111,7 @@ class PipelineSpec:
     sampling_strategy: SamplingStrategy | str = SamplingStrategy.SEQUENTIAL
     epoch_length_policy: EpochLengthPolicy | str = EpochLengthPolicy.SUM_OF_LENGTHS
     steps_per_epoch: int | None = None
-    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    seed: int = attrs.field(default=0, validator=int_at_least(0, single=True))
     alternating_pattern: tuple[int, ...] | None = None
     cycle_short_loaders: bool = True
     burst_size: int = 1

@@ -104,7 +104,7 @@ def _round_trip(state: Any) -> Any:
 class _Stream:
     """Iterates a loader pass by pass as one flat stream of batches."""
 
-    def __init__(self, loader: Iterable[Any], passes: int) -> None:
+    def __init__(self, loader: Any, passes: int) -> None:
         self.loader, self.passes_left = loader, passes
         self._it: Any = None
 

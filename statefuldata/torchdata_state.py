@@ -202,7 +202,7 @@ def join_state(sampler: Any, dataset: Any, rest: dict[str, Any] | None) -> Any:
     return state
 
 
-class _PassAtIterBatchSampler(BatchSampler):
+class _PassAtIterBatchSampler(BatchSampler):  # type: ignore[misc]
     """torchdata < 0.11's ``BatchSampler``, starting each pass when ``iter()`` is called.
 
     Its own ``__iter__`` is a generator: a loaded position, or the fresh sampler iterator of a new

@@ -74,7 +74,7 @@ class EpochView:
         forward_epoch(self.dataset, epoch)
 
 
-class EpochAwareMap(EpochView, Dataset):
+class EpochAwareMap(EpochView, Dataset[Any]):
     """Map-style view (see the module docstring)."""
 
     def __len__(self) -> int:
@@ -103,13 +103,14 @@ class StatefulEpochAwareMap(EpochAwareMap):
     """Map-style view of a dataset that has its own ``state_dict``/``load_state_dict``."""
 
     def state_dict(self) -> dict[str, Any]:
-        return self.dataset.state_dict()
+        state: dict[str, Any] = self.dataset.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dataset.load_state_dict(state)
 
 
-class EpochAwareIterable(EpochView, IterableDataset):
+class EpochAwareIterable(EpochView, IterableDataset[Any]):
     """Iterable view: forwards the epoch, and applies a loaded state to the resumed pass only.
 
     Until a pass around a load (the resumed one, or a later one reset to the dataset's first state)
@@ -163,7 +164,8 @@ class EpochAwareIterable(EpochView, IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         if self._starting is not None:
             return copy.deepcopy(self._starting)
-        return self.dataset.state_dict()
+        state: dict[str, Any] = self.dataset.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resuming = self._loaded = True

@@ -1,4 +1,4 @@
-"""The README's "Where you train" examples run as they are written (code blocks keyed by heading)."""
+"""The README's examples run as they are written (code blocks keyed by heading); its links resolve."""
 
 from __future__ import annotations
 
@@ -50,3 +50,39 @@ def test_example_runs_as_written(heading: str, tmp_path, monkeypatch) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exec(code, {"__name__": "readme_example"})
+
+
+def _section(heading: str) -> str:
+    text = README.read_text()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end != -1 else len(text)]
+
+
+@pytest.mark.slow  # trains three short runs with a DataLoader worker pool
+@pytest.mark.filterwarnings("ignore")
+def test_quick_start_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", _section("## Quick start"), re.S)
+    assert len(blocks) == 1, "the quick start is one complete program"
+    monkeypatch.chdir(tmp_path)  # it writes runs/ in the working directory
+    exec(compile(blocks[0], "README.md: Quick start", "exec"), {"__name__": "readme_quick_start"})
+    assert "resumed run equals the uninterrupted one" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "preempted" / "epoch=0001-step=000057.ckpt").is_file()
+
+
+def test_every_python_block_is_run_by_a_test() -> None:
+    run = _section("## Quick start") + "".join(code_of(heading) for heading in SECTIONS)
+    every = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    missing = [block[:60] for block in every if block.strip() not in run]
+    assert every and not missing, f"README python blocks that no test runs: {missing}"
+
+
+@pytest.mark.parametrize(
+    "document", ["README.md", "benchmarks/README.md", "notebooks/README.md", "CONTRIBUTING.md"]
+)
+def test_links_inside_the_repo_resolve(document: str) -> None:
+    path = README.parent / document
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
+    local = [t for t in targets if not re.match(r"[a-z]+://|mailto:", t)]
+    broken = [t for t in local if not (path.parent / t).exists()]
+    assert not broken, f"{document} links to files that are not in the repo: {broken}"

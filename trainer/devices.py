@@ -48,12 +48,15 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(v, device) for v in batch)
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        changes = {
-            f.name: move_to_device(getattr(batch, f.name), device)
-            for f in dataclasses.fields(batch)
-            if f.init
-        }
-        return dataclasses.replace(batch, **changes)
+        fields = dataclasses.fields(batch)
+        moved_dc = dataclasses.replace(
+            batch,
+            **{f.name: move_to_device(getattr(batch, f.name), device) for f in fields if f.init},
+        )
+        for f in fields:  # init=False fields are rebuilt by replace(): carry the moved originals
+            if not f.init and hasattr(batch, f.name):
+                object.__setattr__(moved_dc, f.name, move_to_device(getattr(batch, f.name), device))
+        return moved_dc
     return batch
 
 

@@ -40,8 +40,8 @@ def load_curves(root: Path) -> Curves:
         raise FileNotFoundError(
             f"{root} holds neither {CSVLogger.FILE_NAME} nor a checkpoint; pass the root_dir of a run"
         )
-    for step, row in rows_by_step(found[1]["metrics_history"] or {}).items():
-        for name, value in row.items():
+    for step, metrics in rows_by_step(found[1]["metrics_history"] or {}).items():
+        for name, value in metrics.items():
             curves.setdefault(name, []).append((step, value))
     return curves
 
@@ -72,9 +72,9 @@ def plot_run(root: Path, out: Path | None = None) -> Path:
     """Draw the train and validation loss (and the other ``train/``, ``val/`` scalars) to a PNG."""
     curves = load_curves(root)
     plt = _pyplot()
-    losses = [n for n in ("train/loss", "val/loss") if n in curves]
+    losses: list[str] = [n for n in ("train/loss", "val/loss") if n in curves]
     others = sorted(n for n in curves if n not in losses and n.count("/") == 1)
-    panels = [losses, *([others] if others else [])]
+    panels: list[list[str]] = [losses, *([others] if others else [])]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.6 * len(panels)), squeeze=False)
     resumes = resume_steps(root)
     for ax, names in zip(axes[:, 0], panels):

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.samplers import PositionSampler
+from statefuldata.validators import check_epoch
 from statefuldata.views import EpochView
 
 __all__ = ["ResumableLoader"]
@@ -90,8 +91,7 @@ class ResumableLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch of the next pass (a resumed pass keeps its own)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"'epoch' must be an int >= 0 (got {epoch!r})")
+        check_epoch(epoch)
         self._requested = epoch
 
     def __iter__(self) -> Iterator[Any]:

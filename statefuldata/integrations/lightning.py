@@ -24,7 +24,7 @@ from typing import Any
 try:
     from lightning.pytorch import Callback
 except ImportError:  # the standalone package
-    from pytorch_lightning import Callback  # type: ignore[no-redef,assignment]
+    from pytorch_lightning import Callback  # type: ignore[no-redef,assignment,unused-ignore]
 
 from statefuldata.manager import PhaseLoader
 

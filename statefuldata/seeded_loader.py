@@ -1,0 +1,176 @@
+"""``SeededStatefulDataLoader``: a ``StatefulDataLoader`` that knows the epoch of each pass."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from statefuldata.samplers import PositionSampler
+from statefuldata.torchdata_state import start_passes_at_iter
+from statefuldata.validators import check_epoch
+from statefuldata.views import EpochView
+from statefuldata.workers import _WorkerSeeder, frozen_heap_for_fork
+
+__all__ = ["SeededStatefulDataLoader"]
+
+logger = logging.getLogger(__name__)
+
+
+def quiet_stateful_dataloader(*args: Any, cls: type = StatefulDataLoader, **kwargs: Any) -> Any:
+    """Build a StatefulDataLoader without torchdata 0.11's ``set_vital`` deprecation warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        return cls(*args, **kwargs)
+
+
+class _RetiredIterator:
+    def __next__(self) -> Any:
+        raise RuntimeError(
+            "this DataLoader iterator was superseded by load_state_dict() or a newer iter(); "
+            "call iter(loader) again to continue from the loader's current state"
+        )
+
+
+_RETIRED_CLASSES: dict[type, type] = {}
+
+
+class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
+    """A ``StatefulDataLoader`` that knows the epoch of each pass and tells its workers.
+
+    The epoch of a new pass is, in this order: the one recorded in a loaded state (a resumed pass
+    keeps its epoch); else the epoch its sampler resolves for the pass (for the samplers of this
+    package, which follow ``sampler.set_epoch``); else the one given to :meth:`set_epoch`; else the
+    previous pass's plus one. Before the pass starts it is published to the workers (fresh or
+    persistent), which seed their RNGs from it, report it from :func:`statefuldata.current_epoch`
+    and forward it to ``dataset.set_epoch``. It travels in the state under ``KEY_EPOCH``.
+
+    With ``persistent_workers=True`` a pass that ran to its end is followed by the next one on the
+    same workers; a pass abandoned midway is followed by fresh workers (its prefetched work must not
+    leak into the next pass).
+    """
+
+    KEY_EPOCH = "statefuldata_epoch"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        start_passes_at_iter(self)  # torchdata < 0.11: a pass starts at iter(), as from 0.11 on
+        self._epoch = -1
+        self._restored_epoch: int | None = None
+        self._requested: int | None = None
+
+    @property
+    def epoch(self) -> int:
+        """Pass index of the current (or last) iterator; -1 before the first."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the next pass (torch's convention); a pass in flight is not touched.
+
+        Forwarded to the sampler when it has ``set_epoch``. A loaded state still resumes its own
+        epoch (see :meth:`ShuffledSampler.set_epoch <statefuldata.ShuffledSampler.set_epoch>`).
+        """
+        check_epoch(epoch)
+        set_sampler_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_sampler_epoch):
+            set_sampler_epoch(epoch)
+        self._requested = epoch
+
+    def _next_epoch(self) -> int:
+        requested, self._requested = self._requested, None
+        if self.next_iter_state is not None and self._restored_epoch is not None:
+            epoch, self._restored_epoch = self._restored_epoch, None
+            return epoch
+        if isinstance(self.sampler, PositionSampler):
+            return self.sampler.next_epoch
+        return requested if requested is not None else self._epoch + 1
+
+    def _start_pass(self, epoch: int) -> None:
+        self._epoch = epoch
+        if isinstance(self.worker_init_fn, _WorkerSeeder):
+            self.worker_init_fn.epoch = epoch
+        if isinstance(self.dataset, EpochView):
+            self.dataset.begin_pass(epoch)
+
+    def _shutdown_current(self) -> None:
+        """Retire the current iterator: stop its workers and make it raise if used again.
+
+        torchdata drops replaced iterators without stopping their workers (they would linger until
+        collected), and an iterator kept by the caller would go on from its old position after
+        ``load_state_dict``; a retired one raises instead.
+        """
+        iterator = self._iterator
+        if iterator is None:
+            return
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+        cls = type(iterator)
+        if not issubclass(cls, _RetiredIterator):
+            if cls not in _RETIRED_CLASSES:
+                _RETIRED_CLASSES[cls] = type(f"Retired{cls.__name__}", (_RetiredIterator, cls), {})
+            iterator.__class__ = _RETIRED_CLASSES[cls]
+
+    def _reusable(self) -> bool:
+        """Persistent workers whose last pass ran to its end can start the next pass.
+
+        A pass has ended when it raised StopIteration, or when it yielded all ``len(self)`` batches
+        (a scheduler that draws exactly a loader's length never asks for one more).
+        """
+        iterator = self._iterator
+        if not (
+            self.persistent_workers
+            and self.num_workers > 0
+            and iterator is not None
+            and not isinstance(iterator, _RetiredIterator)
+        ):
+            return False
+        if iterator._finished:
+            return True
+        try:
+            return int(iterator._num_yielded) >= len(self)
+        except TypeError:  # an iterable without a length
+            return False
+
+    def _next_pass(self) -> Any:
+        if self._reusable():
+            self._start_pass(self._next_epoch())
+            iterator: Any = self._iterator  # type: ignore[has-type]
+            iterator._reset(self)
+        else:
+            self._iterator = self._get_iterator()
+        return self._iterator
+
+    def __iter__(self) -> Any:
+        # torchdata's own __iter__ resets persistent iterators without passing through
+        # _get_iterator, so the epoch would never move; every pass start goes through _next_pass.
+        state_dict_iterator: bool = self._initial_iter_for_state_dict  # type: ignore[has-type]
+        if state_dict_iterator:  # made by state_dict() before the first iter(): it is this pass
+            self._initial_iter_for_state_dict = False
+        else:
+            self._next_pass()
+        iterator: Any = self._iterator
+        if iterator._finished:  # restored from a state taken after its pass ended
+            iterator = self._next_pass()
+        return iterator
+
+    def _get_iterator(self) -> Any:
+        self._shutdown_current()
+        self._start_pass(self._next_epoch())
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with frozen_heap_for_fork():
+            return super()._get_iterator()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        return {**state, self.KEY_EPOCH: self._epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        epoch = state.pop(self.KEY_EPOCH, None)
+        self._shutdown_current()
+        super().load_state_dict(state)
+        self._restored_epoch = None if epoch is None or not state else int(epoch)
