@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +37,7 @@ from trainer.checkpoints.commit import FolderCommitter
 from trainer.checkpoints.integrity import IntegrityStatus, check_integrity
 from trainer.checkpoints.lock import LOCK_NAME
 from trainer.checkpoints.manager import CheckpointManager
+from trainer.checkpoints.snapshot import StagingArea
 from trainer.resume import ResumeState
 
 EPOCHS = 2
@@ -412,3 +414,47 @@ def test_an_interpreter_exiting_with_an_async_save_in_flight_finishes_it(tmp_pat
     assert check_integrity(path).status is IntegrityStatus.VERIFIED
     assert read_checkpoint(path)["model_state_dict"]["big"].eq(3.0).all()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_snapshot_copies_every_tensor_keeping_views_ties_and_strides() -> None:
+    base = torch.arange(24.0).reshape(4, 6)
+    state = torch.nn.Linear(3, 2).state_dict()  # an OrderedDict carrying _metadata
+    payload = {
+        "model": state,
+        "tied": [base, base],  # one storage, twice
+        "view": base[1:, ::2],  # offset and strides into the same storage
+        "transposed": base.t(),
+        "param": torch.nn.Parameter(torch.ones(3)),
+        "ints": torch.arange(5),
+        "empty": torch.zeros(0),
+        "rng": (3, tuple(range(625)), None),
+        "history": {"loss": [[1, 0.5], [2, 0.25]]},
+    }
+    expected = {
+        k: [t.clone() for t in v] if k == "tied" else v.clone()
+        for k, v in payload.items()
+        if k in ("tied", "view", "transposed", "param", "ints")
+    }
+    staging = StagingArea()
+    snap = staging.snapshot(payload)
+    snap.wait()
+    first_buffer = snap.payload["tied"][0].untyped_storage().data_ptr()
+    with torch.no_grad():  # training goes on: the snapshot must not see it
+        base.add_(100.0)
+        payload["param"].mul_(7.0)
+    copy = snap.payload
+    assert all(torch.equal(a, b) for a, b in zip(copy["tied"], expected["tied"], strict=True))
+    for key in ("view", "transposed", "param", "ints"):
+        assert torch.equal(copy[key], expected[key]) and copy[key].stride() == payload[key].stride()
+    ptr = copy["tied"][0].untyped_storage().data_ptr
+    assert ptr() == copy["tied"][1].untyped_storage().data_ptr()  # still tied
+    assert copy["view"].untyped_storage().data_ptr() == ptr() != base.untyped_storage().data_ptr()
+    assert type(copy["param"]) is torch.nn.Parameter and copy["param"].requires_grad
+    assert copy["model"]._metadata == state._metadata and list(copy["model"]) == list(state)
+    assert copy["rng"] == payload["rng"] and copy["history"] == payload["history"]
+    assert copy["history"]["loss"] is not payload["history"]["loss"]  # containers rebuilt
+    again = staging.snapshot(payload).payload  # the buffers are reused, with the new values
+    assert again["tied"][0].untyped_storage().data_ptr() == first_buffer
+    assert torch.equal(again["view"], base[1:, ::2])
+    with pytest.raises(TypeError, match=r"payload\['history'\]\['x'\] is a numpy.ndarray"):
+        staging.snapshot({"history": {"x": np.zeros(2)}})
