@@ -155,13 +155,9 @@ class GenericTrainer:
         if self.rank == 0:
             self.checkpoints.acquire()  # one writer per folder, for the whole fit()
         try:
-            result = self._fit(manager, resume_from_checkpoint, max_epochs)
-            if self.rank == 0:
-                self.checkpoints.wait()  # the last (async) save is durable before fit() returns
-            return result
+            return self._fit(manager, resume_from_checkpoint, max_epochs)  # release() waits
         except BaseException as exc:
-            if self.rank == 0:
-                self.checkpoints.wait(during=exc)  # never leave a save in flight behind
+            self.checkpoints.wait(during=exc)  # never leave a save in flight behind (any rank)
             self._loop.note_exit(exc, self.state, self.checkpoints.root_dir)
             raise
         finally:

@@ -91,7 +91,7 @@ class CheckpointManager:
             self.config, self._tracker, template_regex(self.config.filename_template)
         )
         self._lock = FolderLock(self.root_dir, mode=self.config.file_mode)
-        self._saver = FolderSaver(self._committer, self.acquire, self.release)
+        self._saver = FolderSaver(self._committer, self.acquire, self._lock.release)
         if self.root_dir.is_dir():
             self._tracker.load()
 
@@ -123,19 +123,23 @@ class CheckpointManager:
             raise
 
     def release(self) -> None:
-        """Give back one :meth:`acquire`; the last one unlocks the folder.
-
-        Work in the background holds the lock until it is done, so the folder is never unlocked
-        with a save in flight.
-        """
-        self._lock.release()
+        """Wait for the save in flight (raising its error, see :meth:`wait`), then give back one
+        :meth:`acquire`; the last one unlocks the folder (never with a save in flight)."""
+        try:
+            self.wait()
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[CheckpointManager]:
-        """Hold the writer lock for the block: ``with manager.writer(): ...``."""
+        """Hold the writer lock for the block (``with manager.writer(): ...``); its saves are
+        durable when it ends."""
         self.acquire()
         try:
             yield self
+        except BaseException as exc:
+            self.wait(during=exc)  # a failed background save is noted on exc, not raised over it
+            raise
         finally:
             self.release()
 
