@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from benchmarks.results import BenchmarkResult, Column, Figure, Panel, Series
 
@@ -101,8 +104,10 @@ def _section(index: int, result: BenchmarkResult) -> list[str]:
     lines = [f"## {index}. {result.title} (`{result.name}`)", ""]
     if result.status != "ok":
         return [*lines, f"**{result.status}**", ""]
-    load = result.load_average
-    lines += [result.method, "", f"Ran {result.seconds:.0f} s; load average {load}.", ""]
+    load, run = result.load_average, result.run
+    mode = "quick" if run.get("quick") else "full"
+    when = f" Run started {run.get('started_at')} ({mode})." if run.get("started_at") else ""
+    lines += [result.method, "", f"Ran {result.seconds:.0f} s; load average {load}.{when}", ""]
     for table in result.tables:
         lines += [f"**{table.title}**", "", *_markdown_table(table.columns, table.rows), ""]
     lines += [f"- {note}" for note in result.notes]
@@ -209,14 +214,60 @@ def write_figure(out_dir: Path, figure: Figure) -> Path:
     return path
 
 
+def _figure_titles(markdown: Path) -> dict[str, str]:
+    """``{filename: title}`` of the figures an earlier ``results.md`` shows."""
+    try:
+        text = markdown.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    return {name: title for title, name in re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", text)}
+
+
+def _earlier(out_dir: Path, fresh: Sequence[BenchmarkResult]) -> list[BenchmarkResult]:
+    """The results already in ``out_dir/results.json``, each replaced by a fresh one of its name.
+
+    Benchmarks run one at a time (``python -m benchmarks checkpoint``) update their own section
+    and leave the others' as they were measured.
+    """
+    path, names = out_dir / "results.json", {r.name: r for r in fresh}
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        old = earlier["benchmarks"]
+        run = {k: earlier.get("machine", {}).get(k) for k in ("started_at", "quick", "argv")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return list(fresh)
+    merged: list[BenchmarkResult] = []
+    for name, data in old.items():
+        if name in names:
+            merged.append(names.pop(name))
+            continue
+        try:
+            result = BenchmarkResult.from_dict(data)
+        except (KeyError, TypeError, ValueError):
+            continue  # written by another version: dropped rather than shown wrong
+        result.run = result.run or run
+        if "figure_titles" not in data:  # written before titles were stored: take them from the md
+            titles = _figure_titles(out_dir / "results.md")
+            result.figures = [
+                attrs.evolve(f, title=titles.get(f.filename, f.title)) for f in result.figures
+            ]
+        merged.append(result)
+    return merged + list(names.values())
+
+
 def write_report(
     out_dir: Path, results: Sequence[BenchmarkResult], machine: dict[str, Any], settings: Any
 ) -> dict[str, Any]:
-    """Write results.json, results.md and every figure into ``out_dir``; return the JSON payload."""
+    """Write results.json, results.md and the figures of ``results`` into ``out_dir``; return the
+    JSON payload. Results of other benchmarks already in ``results.json`` are kept (merged by
+    name), so running one benchmark updates only its own section."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    this_run = {k: machine.get(k) for k in ("started_at", "quick", "argv")}
     for result in results:
+        result.run = this_run
         for figure in result.figures:
             write_figure(out_dir, figure)
+    merged = _earlier(out_dir, results)
     payload = {
         "machine": machine,
         "settings": {
@@ -224,11 +275,11 @@ def write_report(
             "repeats": settings.repeats,
             "warmup": settings.warmup,
         },
-        "headlines": [{**h.to_dict(), "benchmark": r.name} for r in results for h in r.headlines],
-        "benchmarks": {r.name: r.to_dict() for r in results},
+        "headlines": [{**h.to_dict(), "benchmark": r.name} for r in merged for h in r.headlines],
+        "benchmarks": {r.name: r.to_dict() for r in merged},
     }
     payload = _plain(payload)
     text = json.dumps(payload, indent=2, allow_nan=False)
     (out_dir / "results.json").write_text(text + "\n", encoding="utf-8")
-    write_markdown(out_dir / "results.md", results, machine)
+    write_markdown(out_dir / "results.md", merged, machine)
     return payload

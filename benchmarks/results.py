@@ -128,6 +128,7 @@ class BenchmarkResult:
     status: str = "ok"
     seconds: float = 0.0
     load_average: dict[str, Any] = attrs.field(factory=dict)
+    run: dict[str, Any] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,8 +138,49 @@ class BenchmarkResult:
             "method": self.method,
             "seconds": self.seconds,
             "load_average": self.load_average,
+            "run": self.run,
             "headlines": [h.to_dict() for h in self.headlines],
             "tables": [t.to_dict() for t in self.tables],
             "figures": [f.filename for f in self.figures],
+            "figure_titles": [f.title for f in self.figures],
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkResult:
+        """A result read back from ``results.json`` (its figures as files already drawn)."""
+        titles = data.get("figure_titles") or data.get("figures", [])
+        return cls(
+            name=data["name"],
+            title=data["title"],
+            method=data.get("method", ""),
+            status=data.get("status", "ok"),
+            seconds=data.get("seconds", 0.0),
+            load_average=data.get("load_average", {}),
+            run=data.get("run", {}),
+            notes=list(data.get("notes", [])),
+            tables=[
+                Table(
+                    title=t["title"],
+                    columns=[Column(**c) for c in t["columns"]],
+                    rows=t["rows"],
+                )
+                for t in data.get("tables", [])
+            ],
+            headlines=[
+                Headline(
+                    key=h["key"],
+                    label=h["label"],
+                    value=math.nan if h["value"] is None else h["value"],
+                    op=h["op"],
+                    threshold=h["threshold"],
+                    basis=h.get("basis", "measured"),
+                    detail=h.get("detail", ""),
+                )
+                for h in data.get("headlines", [])
+            ],
+            figures=[
+                Figure(filename=name, title=title, panels=())
+                for name, title in zip(data.get("figures", []), titles, strict=False)
+            ],
+        )

@@ -116,6 +116,14 @@ class CheckpointConfig:
         file_mode: Permission bits of new checkpoint files, ``best.json`` and copies, e.g.
             ``0o600``; None (default) follows the umask like any new file: ``0o666 & ~umask``
             (``0o644`` under the usual umask 022).
+        async_save: Write checkpoints in a background thread: a save blocks training only while
+            the state is copied to host memory (pinned, asynchronously, for CUDA tensors), and
+            the next save, a preemption and the end of ``fit()`` wait for the one in flight.
+            Every guarantee holds (atomic, checksummed, ``latest`` only ever on a complete file;
+            a kill during the write loses that save only). Costs one host copy of the model and
+            optimizer state, kept between saves. Callbacks' ``on_checkpoint`` runs when the save
+            is started; the file is complete after ``trainer.checkpoints.wait()``. An error of
+            the write is raised by the next save or at the end of ``fit()``.
 
     The folder takes one writer at a time: saving holds an exclusive lock on ``root_dir/.lock``
     (see :meth:`trainer.checkpoints.manager.CheckpointManager.acquire`); ``fit()`` holds it throughout.
@@ -142,6 +150,7 @@ class CheckpointConfig:
     )
     allow_overwrite: bool = attrs.field(default=False, validator=is_bool)
     file_mode: int | None = attrs.field(default=None)
+    async_save: bool = attrs.field(default=False, validator=is_bool)
 
     @file_mode.validator
     def _check_file_mode(self, attribute: attrs.Attribute, value: Any) -> None:

@@ -155,8 +155,9 @@ class GenericTrainer:
         if self.rank == 0:
             self.checkpoints.acquire()  # one writer per folder, for the whole fit()
         try:
-            return self._fit(manager, resume_from_checkpoint, max_epochs)
+            return self._fit(manager, resume_from_checkpoint, max_epochs)  # release() waits
         except BaseException as exc:
+            self.checkpoints.wait(during=exc)  # never leave a save in flight behind (any rank)
             self._loop.note_exit(exc, self.state, self.checkpoints.root_dir)
             raise
         finally:

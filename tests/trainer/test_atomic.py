@@ -40,7 +40,7 @@ def umask(value: int) -> Iterator[None]:
 def save(manager: CheckpointManager, step: int, floats: int = 4, loss: float = 1.0) -> Path:
     model = torch.nn.Linear(2, 2)
     model.register_buffer("big", torch.full((floats,), float(step)))
-    return manager.save_checkpoint(
+    path = manager.save_checkpoint(
         model=model,
         optimizers=[],
         schedulers=[],
@@ -48,6 +48,8 @@ def save(manager: CheckpointManager, step: int, floats: int = 4, loss: float = 1
         global_step=step,
         metrics={"loss": loss},
     )
+    manager.wait()  # the best copy and rotation, made in the background, under the same umask
+    return path
 
 
 def make(root: Path, **kwargs) -> CheckpointManager:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoints import CheckpointError, read_checkpoint
+from trainer.checkpoints import CheckpointError, atomic, commit, read_checkpoint
 from trainer.checkpoints.best import BestTracker
+from trainer.checkpoints.commit import FolderCommitter
 from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import CheckpointConfig
 
@@ -108,19 +109,37 @@ def test_an_unsafe_latest_alone_is_an_error_not_a_crash(tmp_path: Path) -> None:
         manager.find_latest_valid()
 
 
-def test_latest_moves_before_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("use_symlinks", [True, False])
+def test_latest_moves_before_best_and_the_folder_is_fsynced_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_symlinks: bool
+) -> None:
     order: list[str] = []
-    point, write = CheckpointManager._point, BestTracker.write
+    point, write, fsync_dir = FolderCommitter.point, BestTracker.write, commit.fsync_dir
 
-    def spy_point(self, name, target):
+    def spy_point(self, name, target, **kwargs):
         order.append(name)
-        point(self, name, target)
+        point(self, name, target, **kwargs)
 
-    def spy_write(self, record):
+    def spy_write(self, record, **kwargs):
         order.append("best.json")
-        write(self, record)
+        write(self, record, **kwargs)
 
-    monkeypatch.setattr(CheckpointManager, "_point", spy_point)
+    def spy_fsync_dir(folder):
+        order.append("fsync folder")
+        fsync_dir(folder)
+
+    monkeypatch.setattr(FolderCommitter, "point", spy_point)
     monkeypatch.setattr(BestTracker, "write", spy_write)
-    save(make(tmp_path, monitor_metric="loss"), 1, loss=0.5)
-    assert order == ["latest.ckpt", "best.json", "best.ckpt"]
+    monkeypatch.setattr(commit, "fsync_dir", spy_fsync_dir)
+    monkeypatch.setattr(atomic, "fsync_dir", spy_fsync_dir)  # every other folder fsync
+    manager = make(tmp_path, monitor_metric="loss", use_symlinks=use_symlinks)
+    save(manager, 1, loss=0.5)
+    manager.wait()  # the best copy (without symlinks) is made in the background
+    committed = ["latest.ckpt", "best.json", "best.ckpt", "fsync folder"]
+    if not use_symlinks:  # a copy of the whole file, after the commit, fsynced on its own
+        committed = ["latest.ckpt", "best.json", "fsync folder", "best.ckpt", "fsync folder"]
+    assert order == committed
+    order.clear()
+    save(manager, 2, loss=0.9)  # not a new best: the file and latest, one fsync of the folder
+    manager.wait()
+    assert order == ["latest.ckpt", "fsync folder"]

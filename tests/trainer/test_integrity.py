@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
+import os
 import random
 import struct
 import traceback
@@ -13,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+import trainer.checkpoints.archive as archive
 import trainer.checkpoints.integrity as integrity
 from trainer.__main__ import main
 from trainer.checkpoints import (
     CheckpointError,
+    CheckpointWriteError,
     build_payload,
     load_checkpoint,
     read_checkpoint,
@@ -122,6 +127,48 @@ def test_large_files_are_hashed_in_a_thread_with_the_same_digest(
     damage(path, "1 bit")
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize(("threads", "overlap"), [(1, True), (3, True), (2, False)])
+def test_large_writes_hashed_while_fsyncing_give_torch_saves_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int, overlap: bool
+) -> None:
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # every tensor hashed from the file
+    if overlap:  # while the data is fsynced (else before the one fsync: a small file)
+        monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
+    monkeypatch.setattr(archive, "default_threads", lambda: threads)
+    data = payload(6)
+    data["model_state_dict"]["more"] = torch.arange(5000.0)
+    path = write_checkpoint(tmp_path / "a.ckpt", data)
+    buffer = io.BytesIO()
+    torch.save(dict(data), buffer)  # to a file object, as ours: the same archive name
+    with zipfile.ZipFile(path) as ours, zipfile.ZipFile(buffer) as theirs:
+        layout = [(i.filename, i.header_offset, i.file_size) for i in ours.infolist()]
+        assert layout == [(i.filename, i.header_offset, i.file_size) for i in theirs.infolist()]
+        for info in ours.infolist():  # the same records with torch's CRCs (the id is per save)
+            if not info.filename.endswith("serialization_id"):
+                other = theirs.getinfo(info.filename)
+                assert (info.CRC, ours.read(info)) == (other.CRC, theirs.read(other))
+        assert ours.testzip() is None
+    assert check_integrity(path).status is IntegrityStatus.VERIFIED
+
+
+def test_an_fsync_error_while_hashing_fails_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_checkpoint(tmp_path / "a.ckpt", payload(1))
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)
+    monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
+    monkeypatch.setattr(archive.os, "fsync", failing)  # the data's fsync, on the helper thread
+    with pytest.raises(CheckpointWriteError, match="Input/output error"):
+        write_checkpoint(tmp_path / "a.ckpt", payload(2))
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "a.ckpt")["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
 
 
 DAMAGE = ["1 bit", "100 bits", "4 KiB zeroed", "structure", "directory"]

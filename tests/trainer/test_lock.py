@@ -209,12 +209,12 @@ SAVER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import torch
-    import trainer.checkpoints.io as checkpoints
+    import trainer.checkpoints.io as checkpoint_io
     from trainer.config import CheckpointConfig
     from trainer.checkpoints.manager import CheckpointManager
 
     root, signals = Path(sys.argv[1]), Path(sys.argv[2])
-    original = checkpoints.save_with_checksum
+    original = checkpoint_io.save_with_checksum
 
     def paused(obj, f):  # the temp file is complete; wait before it replaces the target
         original(obj, f)
@@ -223,7 +223,7 @@ SAVER = textwrap.dedent(
             while not (signals / "go").exists():
                 time.sleep(0.01)
 
-    checkpoints.save_with_checksum = paused
+    checkpoint_io.save_with_checksum = paused
     manager = CheckpointManager(CheckpointConfig(root_dir=root))
     model = torch.nn.Linear(2, 2)
     model.register_buffer("big", torch.zeros(250_000))

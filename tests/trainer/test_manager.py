@@ -130,6 +130,7 @@ def test_best_survives_a_restart(tmp_path: Path) -> None:
     assert best.exists()
     better = run.save(second, 5, {"loss": torch.tensor(0.1)})
     assert os.readlink(tmp_path / "best.ckpt") == better.name
+    second.wait()  # rotation runs in the background, after latest and best moved
     assert not best.exists()  # no longer best, rotated out
 
 
@@ -175,6 +176,7 @@ def test_without_symlinks_latest_and_best_are_copies(tmp_path: Path) -> None:
     run = Run()
     best = run.save(manager, 1, {"loss": 0.1})
     newest = run.save(manager, 2, {"loss": 0.9})
+    manager.wait()  # the copy of a new best file is made in the background
     for entry, source in [("latest.ckpt", newest), ("best.ckpt", best)]:
         assert not (tmp_path / entry).is_symlink()
         assert (tmp_path / entry).read_bytes() == source.read_bytes()
@@ -311,6 +313,7 @@ def test_payload_is_written_as_is_and_foreign_files_are_left_alone(tmp_path: Pat
     assert path.name == "epoch=0000-step=000007.ckpt"
     assert read_checkpoint(path)["metrics_history"] == {"note": "as is"}
     run.save(manager, 8)
+    manager.wait()
     assert names(tmp_path) == ["epoch=0000-step=000008.ckpt", "latest.ckpt", "pretrained.ckpt"]
     with pytest.raises(TypeError, match="save_checkpoint needs model="):
         manager.save_checkpoint(epoch=0, global_step=1)

@@ -93,7 +93,11 @@ def _create(tmp: Path, mode: int | None) -> int:
 
 
 def atomic_write(
-    path: Path, write: Callable[[BinaryIO], object], *, mode: int | None = None
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    *,
+    mode: int | None = None,
+    sync_folder: bool = True,
 ) -> None:
     """Call ``write`` on a temp file beside ``path``; flush, fsync, ``os.replace``, fsync folder.
 
@@ -101,8 +105,11 @@ def atomic_write(
 
     Args:
         path: The file to create or replace.
-        write: Writes the content to the binary file object it gets.
+        write: Writes the content to the binary file object it gets (its descriptor is open for
+            reading too).
         mode: Permission bits of the new file; None follows the umask (``0o666 & ~umask``).
+        sync_folder: Fsync the folder after the rename; a caller renaming several entries passes
+            False and calls :func:`fsync_dir` once after the last.
     """
     tmp = temp_path(path)
     fd = _create(tmp, mode)
@@ -116,16 +123,24 @@ def atomic_write(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_folder:
+        fsync_dir(path.parent)
 
 
-def copy_atomically(source: Path, destination: Path, *, mode: int | None = None) -> None:
+def copy_atomically(
+    source: Path, destination: Path, *, mode: int | None = None, sync_folder: bool = True
+) -> None:
     """Copy ``source`` to ``destination`` through a temp file and ``os.replace``."""
     with source.open("rb") as src:
-        atomic_write(destination, lambda dst: shutil.copyfileobj(src, dst, 1 << 20), mode=mode)
+        atomic_write(
+            destination,
+            lambda dst: shutil.copyfileobj(src, dst, 1 << 20),
+            mode=mode,
+            sync_folder=sync_folder,
+        )
 
 
-def point_link(entry: Path, target: Path) -> bool:
+def point_link(entry: Path, target: Path, *, sync_folder: bool = True) -> bool:
     """Atomically make ``entry`` a relative symlink to ``target``; False (and a WARNING) if impossible."""
     tmp = temp_path(entry)
     try:
@@ -143,5 +158,6 @@ def point_link(entry: Path, target: Path) -> bool:
             exc,
         )
         return False
-    fsync_dir(entry.parent)
+    if sync_folder:
+        fsync_dir(entry.parent)
     return True

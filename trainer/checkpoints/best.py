@@ -119,9 +119,17 @@ class BestTracker:
             "global_step": int(global_step),
         }
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Replace ``best.json`` atomically with ``record`` and make it :attr:`record`."""
+    def write(self, record: dict[str, Any], *, sync_folder: bool = True) -> None:
+        """Replace ``best.json`` atomically with ``record`` and make it :attr:`record`.
+
+        ``sync_folder=False`` leaves the folder's fsync to the caller (one for the whole save).
+        """
         data = json.dumps(record, indent=2).encode()
         with translate_write_errors(self.path, "best record"):
-            atomic_write(self.path, lambda f: f.write(data), mode=self.config.file_mode)
+            atomic_write(
+                self.path,
+                lambda f: f.write(data),
+                mode=self.config.file_mode,
+                sync_folder=sync_folder,
+            )
         self.record = record

@@ -7,12 +7,16 @@ holder calls.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+import socket
 import string
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trainer.checkpoints.atomic import host_tag, parse_temp_name
 from trainer.checkpoints.best import BEST_RECORD_NAME
@@ -23,14 +27,19 @@ from trainer.checkpoints.lock import pid_alive
 __all__ = [
     "BEST_NAME",
     "LATEST_NAME",
+    "RUNS_NAME",
+    "append_run_start",
     "latest_target",
     "list_checkpoint_files",
     "load_newest_valid",
+    "newest_valid",
     "remove_orphaned_temp_files",
     "template_regex",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LATEST_NAME = "latest.ckpt"
 BEST_NAME = "best.ckpt"
@@ -84,11 +93,16 @@ def latest_target(root: Path) -> tuple[Path | None, str | None]:
     return real, None
 
 
-def load_newest_valid(root: Path, files: list[Path]) -> tuple[Path, dict[str, Any]] | None:
-    """Read ``latest`` if safe and valid, else the newest valid of ``files`` (oldest first).
+def newest_valid(
+    root: Path, files: list[Path], attempt: Callable[[Path], T]
+) -> tuple[Path, T] | None:
+    """``attempt`` ``latest`` if safe, else the newest of ``files`` (oldest first) until one works.
+
+    A candidate whose ``attempt`` raises :class:`CheckpointError` or ``FileNotFoundError`` is
+    skipped with a WARNING; any other error propagates.
 
     Returns:
-        ``(resolved path, payload)``, or None when there is no candidate at all.
+        ``(resolved path, what attempt returned)``, or None when there is no candidate at all.
 
     Raises:
         CheckpointError: Candidates exist but none is valid.
@@ -111,7 +125,7 @@ def load_newest_valid(root: Path, files: list[Path]) -> tuple[Path, dict[str, An
             continue
         seen.add(real)
         try:
-            return real, read_checkpoint(real)
+            return real, attempt(real)
         except (CheckpointError, FileNotFoundError) as exc:
             logger.warning("Skipping checkpoint %s: %s", shown, exc)
             tried.append(f"{shown.name}: {type(exc).__name__}")
@@ -119,6 +133,33 @@ def load_newest_valid(root: Path, files: list[Path]) -> tuple[Path, dict[str, An
         f"No valid checkpoint in {root}: every candidate failed to load ({'; '.join(tried)}). "
         "Pass checkpoint_path= to a good file, or move this folder away to start from scratch"
     )
+
+
+def load_newest_valid(root: Path, files: list[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """Read ``latest`` if safe and valid, else the newest valid of ``files`` (oldest first).
+
+    Returns:
+        ``(resolved path, payload)``, or None when there is no candidate at all.
+
+    Raises:
+        CheckpointError: Candidates exist but none is valid.
+    """
+    return newest_valid(root, files, read_checkpoint)
+
+
+def append_run_start(root: Path, global_step: int, epoch: int, world_size: int) -> None:
+    """Append one JSON line to ``root/runs.jsonl``: where a ``fit()`` starts, when, by whom."""
+    line = {
+        "global_step": global_step,
+        "epoch": epoch,
+        "time": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "world_size": world_size,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / RUNS_NAME).open("a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def remove_orphaned_temp_files(root: Path) -> None:

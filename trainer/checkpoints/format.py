@@ -33,6 +33,7 @@ __all__ = [
     "CheckpointPayload",
     "apply_payload",
     "build_payload",
+    "scaler_state_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,15 @@ def _as_list(objs: Any) -> list[Any]:
     if isinstance(objs, (list, tuple)):
         return list(objs)
     return [objs]
+
+
+def scaler_state_of(scaler: Any) -> dict[str, Any] | None:
+    """The state to save for ``scaler``: a GradScaler's (None when disabled), a dict as given."""
+    if scaler is None or isinstance(scaler, Mapping):
+        return None if scaler is None else dict(scaler)
+    if isinstance(scaler, torch.amp.GradScaler) and not scaler.is_enabled():
+        return None
+    return scaler.state_dict()
 
 
 def build_payload(
@@ -138,6 +148,33 @@ def _check_count(kind: str, saved: Sequence[Any], given: Sequence[Any]) -> None:
         )
 
 
+def _storages(obj: Any) -> set[int]:
+    if isinstance(obj, torch.Tensor):
+        return {obj.untyped_storage().data_ptr()} if obj.numel() else set()
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return set().union(*map(_storages, obj)) if obj else set()
+    return set()
+
+
+def _own_state(optimizer: torch.optim.Optimizer, loaded: Mapping[str, Any]) -> None:
+    """Copy the optimizer's state tensors that are the loaded payload's own tensors.
+
+    ``Optimizer.load_state_dict`` keeps the payload's tensors when dtype and device already match;
+    for a memory-mapped file these are views of its pages, which would keep the file mapped (and
+    its disk space held after rotation) for the whole run and be copied page by page on the first
+    step. One copy now, like a non-mapped load makes.
+    """
+    shared = _storages(loaded.get("state", {}))
+    if not shared:
+        return
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() in shared:
+                state[key] = value.clone()
+
+
 def apply_payload(
     payload: Mapping[str, Any],
     *,
@@ -177,6 +214,7 @@ def apply_payload(
     model.load_state_dict(payload[KEY_MODEL])
     for optimizer, state in zip(optimizers, payload[KEY_OPTIMIZERS], strict=True):
         optimizer.load_state_dict(state)
+        _own_state(optimizer, state)
     for scheduler, state in zip(schedulers, payload[KEY_SCHEDULERS], strict=True):
         scheduler.load_state_dict(state)
     if isinstance(precision_or_scaler, Precision):

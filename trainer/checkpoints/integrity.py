@@ -7,11 +7,12 @@ comment (every record, the central directory and the end record with its comment
 readers, ``torch.load`` among them, ignore the comment, so the files still load with plain
 ``torch.load(path, weights_only=True)`` (also with ``mmap=True``).
 
-CRC-32 (zlib) is the algorithm: it finds every burst of up to 32 flipped bits and misses other damage
-with probability 2^-32, at about 4 GB/s. Saving hashes the file from the page cache while a second
-thread fsyncs it; loading hashes it in a thread while ``torch.load`` reads the same open file, which
-hides the hash when a core is free (``python -m benchmarks checkpoint`` measures both against
-SHA-1, SHA-256, BLAKE2b and a numpy word sum).
+CRC-32 (zlib) is the algorithm: it finds every burst of up to 32 flipped bits and misses other
+damage with probability 2^-32. Saving hashes every byte once, the tensor data while the file is
+fsynced (:mod:`trainer.checkpoints.archive`; torch's own, slower, record CRCs are replaced by ours, so the
+archive stays a valid zip whose records ``zipfile`` checks). Checking maps the file and hashes it in
+place on up to 4 threads, while ``torch.load(mmap=True)`` reads the same open file
+(:mod:`trainer.checkpoints.loading`). ``python -m benchmarks checkpoint`` measures both.
 
 Example:
     >>> check_integrity("run/latest.ckpt").status                  # doctest: +SKIP
@@ -22,18 +23,18 @@ from __future__ import annotations
 
 import enum
 import logging
+import mmap
 import os
 import re
 import struct
 import threading
 import zlib
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import attrs
-import torch
 
-from trainer.checkpoints.errors import CheckpointError
+from trainer.checkpoints.archive import write_archive
+from trainer.checkpoints.crc import crc32_parallel
 
 __all__ = [
     "ALGORITHM",
@@ -42,8 +43,6 @@ __all__ = [
     "Verification",
     "check_integrity",
     "file_digest",
-    "load_verified",
-    "note_unverified",
     "read_trailer",
     "save_with_checksum",
 ]
@@ -57,8 +56,10 @@ ZIP_SIGNATURE = b"PK\x03\x04"
 _COMMENT = re.compile(rb"statefuldata-checksum v(\d+) ([a-z0-9]+) ([0-9a-f]+)")
 _TAIL = EOCD_SIZE + 96  # the end record plus the longest comment we write, with room to spare
 _CHUNK = 1 << 20
-#: Files at least this large are hashed in a thread, overlapped with the fsync or the load.
+#: Files at least this large are hashed in a thread, overlapped with the load.
 OVERLAP_BYTES = 16 << 20
+#: Files at least this large are hashed through a memory map (no copy) on several threads.
+MAP_BYTES = 1 << 20
 
 
 class IntegrityStatus(enum.Enum):
@@ -130,12 +131,7 @@ def _read_into(fd: int, view: memoryview, offset: int) -> int:
     return len(data)
 
 
-def file_digest(fd: int, length: int, *, tail: bytes = b"") -> str:
-    """CRC-32 of the first ``length`` bytes of ``fd`` followed by ``tail``, as 8 hex digits.
-
-    Reads with ``preadv`` into one reused buffer, so the file position is left alone and another
-    reader (``torch.load``) can use the same open file at the same time.
-    """
+def _digest_read(fd: int, length: int) -> int:
     crc, offset, buffer = 0, 0, bytearray(min(_CHUNK, max(length, 1)))
     view = memoryview(buffer)
     while offset < length:
@@ -144,6 +140,31 @@ def file_digest(fd: int, length: int, *, tail: bytes = b"") -> str:
             raise EOFError(f"file ended at byte {offset} (expected {length})")
         crc = zlib.crc32(view[:got], crc)
         offset += got
+    return crc
+
+
+def _digest_mapped(fd: int, length: int, threads: int | None) -> int:
+    if os.fstat(fd).st_size < length:
+        raise EOFError(f"file ended at byte {os.fstat(fd).st_size} (expected {length})")
+    with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            return crc32_parallel(view, threads=threads)
+        finally:
+            view.release()
+
+
+def file_digest(fd: int, length: int, *, tail: bytes = b"", threads: int | None = None) -> str:
+    """CRC-32 of the first ``length`` bytes of ``fd`` followed by ``tail``, as 8 hex digits.
+
+    Large files are mapped and hashed in place, on up to ``threads`` threads (None: the usable
+    cores, at most 4); small ones are read with ``preadv`` into one buffer. Either way the file
+    position is left alone, so another reader (``torch.load``) can use the same open file.
+    """
+    if length >= MAP_BYTES and hasattr(mmap, "ACCESS_READ"):
+        crc = _digest_mapped(fd, length, threads)
+    else:
+        crc = _digest_read(fd, length)
     return f"{zlib.crc32(tail, crc):08x}"
 
 
@@ -253,106 +274,18 @@ def check_integrity(path: str | os.PathLike[str]) -> IntegrityReport:
 
 
 def save_with_checksum(obj: Any, f: BinaryIO) -> None:
-    """``torch.save(obj, f)``, then fsync it while hashing it and append the checksum comment.
+    """``torch.save(obj, f)`` with the checksum comment appended; every byte is hashed once.
 
-    ``f`` must be a real file opened for writing at its start (it has a ``fileno()``). The caller
-    still flushes and fsyncs ``f`` afterwards for the few bytes of the comment.
+    ``f`` must be a real file opened for reading and writing at its start (it has a ``fileno()``).
+    The data is fsynced here, while it is hashed; the caller flushes and fsyncs the file again
+    afterwards (the checksum comment and the patched record CRCs).
 
     Raises:
-        OSError: From the writes or the fsync (e.g. ENOSPC); the file is then incomplete.
+        OSError: From the writes (e.g. ENOSPC); the file is then incomplete.
     """
-    torch.save(obj, f)
-    f.flush()
-    fd = f.fileno()
-    size = f.tell()
-    end = _pread_exact(fd, EOCD_SIZE, size - EOCD_SIZE)
-    if end[:4] != EOCD_SIGNATURE or end[-2:] != b"\x00\x00":
-        raise RuntimeError(  # torch.save changed its layout: refuse rather than write a bad file
-            f"torch.save did not end {f.name!r} with an empty zip end record (got {end!r})"
-        )
+    size, crc = write_archive(obj, f)
     comment = _comment(ALGORITHM, "0" * 8)
     length = struct.pack("<H", len(comment))
-    errors: list[BaseException] = []
-    sync = None
-    if size >= OVERLAP_BYTES:  # the data goes to disk while it is hashed from the page cache
-
-        def fsync() -> None:
-            try:
-                os.fsync(fd)
-            except BaseException as exc:
-                errors.append(exc)
-
-        sync = threading.Thread(target=fsync, name="checkpoint-fsync", daemon=True)
-        sync.start()
-    try:
-        digest = file_digest(fd, size - 2, tail=length)
-    finally:
-        if sync is not None:
-            sync.join()
-    if errors:
-        raise errors[0]
-    os.pwrite(fd, length + _comment(ALGORITHM, digest), size - 2)
+    digest = f"{zlib.crc32(length, crc):08x}"
+    os.pwrite(f.fileno(), length + _comment(ALGORITHM, digest), size - 2)
     f.seek(0, os.SEEK_END)
-
-
-_BLOCKED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
-_UNPICKLER_REASON = re.compile(
-    r"WeightsUnpickler error: (.*?)(?: Please use| Check the documentation|$)"
-)
-_warned_unverified: set[str] = set()
-
-
-def _load_error(path: Path, exc: Exception) -> CheckpointError:
-    """A CheckpointError for a failed ``torch.load``, never echoing torch's unsafe-retry advice."""
-    text = " ".join(str(exc).split())
-    blocked = _BLOCKED_GLOBAL.search(text)
-    if blocked is not None:
-        return CheckpointError(
-            f"Cannot read checkpoint {path}: it holds a pickled {blocked[1]}, which safe loading "
-            "refuses because unpickling it would run code named by the file. A checkpoint holds "
-            "only int, float, bool, str, None, lists, tuples, dicts and tensors (trainer.checkpoints "
-            "never writes anything else). Convert that value where the file is made (numpy arrays "
-            "with torch.from_numpy, numpy scalars with .item(), other objects as dicts of plain "
-            "values) and save it again, or resume from another checkpoint"
-        )
-    unpickler = _UNPICKLER_REASON.search(text)
-    reason = unpickler[1].strip() if unpickler is not None else text[:300]
-    return CheckpointError(
-        f"Cannot read checkpoint {path}: {type(exc).__name__}: {reason}. The file is corrupt or "
-        "truncated (e.g. a save was interrupted) or holds types that safe loading refuses; resume "
-        "from another checkpoint"
-    )
-
-
-def note_unverified(path: Path) -> None:
-    key = str(path.resolve())
-    if key not in _warned_unverified:
-        _warned_unverified.add(key)
-        logger.warning(
-            "Checkpoint %s carries no checksum (written before checksums were added, or by plain "
-            "torch.save), so damage inside it cannot be detected; it is loaded unverified. Saving "
-            "it again with trainer.checkpoints adds one",
-            path,
-        )
-
-
-def load_verified(path: Path) -> tuple[Any, IntegrityStatus]:
-    """``torch.load`` the file while its checksum is checked on the same open file."""
-    with open(path, "rb") as f:
-        check = Verification.start(f.fileno())
-        try:
-            payload, error = torch.load(f, map_location="cpu", weights_only=True), None
-        except Exception as exc:
-            payload, error = None, exc
-        report = check.result()
-    if not report.ok:
-        raise CheckpointError(
-            f"Cannot read checkpoint {path}: {report.describe()}. The file is corrupt or "
-            "truncated (damaged on disk or in transfer, or a save was interrupted); resume from "
-            "another checkpoint"
-        )
-    if error is not None:
-        if "weights_only" in str(error) or "WeightsUnpickler" in str(error):
-            raise _load_error(path, error) from None  # torch's text suggests an unsafe retry
-        raise _load_error(path, error) from error
-    return payload, report.status

@@ -8,25 +8,25 @@ Folder layout (``config.root_dir``)::
     best.json                     # the best value, so it survives restarts
     .lock                         # the writer lock; names the holder while one holds it
 
-Guarantees: files, links and ``best.json`` are replaced atomically, in the order file, ``latest``,
-``best.json``, ``best``: a kill at any moment leaves ``latest`` on a complete file and ``best`` at
-most one save behind (the next writer repairs it from ``best.json``). Rotation keeps the newest
-``max_checkpoints`` files by global step plus the best. Every file carries a checksum, verified on
-every read.
+Saving (:mod:`~trainer.checkpoints.commit`): the file (temp name, fsync, rename), then ``latest``,
+then ``best.json`` and ``best``, then one fsync of the folder: a kill at any moment leaves
+``latest`` on a complete file and ``best`` at most one save behind (repaired from ``best.json`` by
+the next writer). Rotation (the newest ``max_checkpoints`` files by step are kept, plus the best)
+and best copies run afterwards in the background; with ``async_save`` the whole write does, after
+the payload is copied to host memory (:mod:`~trainer.checkpoints.saver`). The next save, reads
+through this manager and :meth:`CheckpointManager.wait` wait for that work and raise its error.
 
-Restore without a path takes ``latest`` (the commit point of the last save) when it is valid, else
-the newest valid file by global step, then epoch, as parsed from the file name (never by mtime),
-skipping damaged files with a WARNING; a ``latest`` that points outside ``root_dir``, at itself or
-at a missing file is skipped with a WARNING. It raises when no file is valid.
+Restore without a path takes ``latest`` when it is valid, else the newest valid file by global step,
+then epoch (never by mtime), skipping damaged files and unsafe ``latest`` links (outside
+``root_dir``, a loop, missing) with a WARNING; it raises when no file is valid
+(:mod:`~trainer.checkpoints.restore`).
 
-One writer per folder: writing holds an exclusive lock on ``root_dir/.lock`` (:mod:`trainer.checkpoints.lock`).
-A save takes it for its own duration unless the manager holds it already; a trainer holds it for a
-whole run with :meth:`CheckpointManager.acquire`/:meth:`~CheckpointManager.release` or ``with
-manager.writer():``. A second writer gets :class:`~trainer.checkpoints.errors.CheckpointLockedError` naming the
-holder. Taking the lock removes temp files provably orphaned (written on this host by a process no
-longer running, or by this one) and repairs ``best.ckpt``. Reading (constructing a manager,
-listing, :meth:`~CheckpointManager.find_latest_valid`, restoring) takes no lock and never writes or
-deletes anything.
+One writer per folder (:mod:`~trainer.checkpoints.lock`): a save holds ``root_dir/.lock`` until its
+background part is done, unless the manager holds it already (a trainer does, for a whole run, with
+:meth:`~CheckpointManager.acquire`/:meth:`~CheckpointManager.release` or ``with
+manager.writer():``). A second writer gets :class:`~trainer.checkpoints.errors.CheckpointLockedError`
+naming the holder. Taking the lock removes provably orphaned temp files and repairs ``best.ckpt``.
+Reading takes no lock and never writes or deletes anything.
 
 Example:
     >>> manager = CheckpointManager(CheckpointConfig(root_dir=tmp, max_checkpoints=2))  # doctest: +SKIP
@@ -37,13 +37,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
-import socket
-import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,21 +46,21 @@ from typing import Any
 import attrs
 import torch
 
-from trainer.checkpoints.atomic import copy_atomically, point_link
 from trainer.checkpoints.best import BestTracker
-from trainer.checkpoints.errors import CheckpointWriteError, translate_write_errors
+from trainer.checkpoints.commit import FolderCommitter
 from trainer.checkpoints.folder import (
     BEST_NAME,
     LATEST_NAME,
-    RUNS_NAME,
+    append_run_start,
     list_checkpoint_files,
     load_newest_valid,
     remove_orphaned_temp_files,
     template_regex,
 )
-from trainer.checkpoints.format import KEY_EPOCH, KEY_GLOBAL_STEP, apply_payload, build_payload
-from trainer.checkpoints.io import read_checkpoint, write_checkpoint
+from trainer.checkpoints.format import KEY_EPOCH, KEY_GLOBAL_STEP, build_payload, scaler_state_of
 from trainer.checkpoints.lock import FolderLock
+from trainer.checkpoints.restore import restore_newest
+from trainer.checkpoints.saver import FolderSaver
 from trainer.config import CheckpointConfig
 from trainer.precision import Precision
 from trainer.resume import ResumeState
@@ -76,36 +71,27 @@ __all__ = ["CheckpointManager"]
 logger = logging.getLogger(__name__)
 
 
-def _scaler_state(scaler: Any) -> dict[str, Any] | None:
-    if scaler is None or isinstance(scaler, Mapping):
-        return None if scaler is None else dict(scaler)
-    if isinstance(scaler, torch.amp.GradScaler) and not scaler.is_enabled():
-        return None
-    return scaler.state_dict()
-
-
 @attrs.define(eq=False)
 class CheckpointManager:
     """Owns a checkpoint folder: writes, ``latest``/``best``, rotation, best tracking, restore.
 
     Args:
-        config: Folder, file names, rotation, best-tracking and permission settings.
-
-    Attributes:
+        config: Folder, file names, rotation, best-tracking, permission and async settings.
     """
 
     config: CheckpointConfig = attrs.field(validator=attrs.validators.instance_of(CheckpointConfig))
     _tracker: BestTracker = attrs.field(init=False)
     _lock: FolderLock = attrs.field(init=False)
-    _save_mutex: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    _symlinks: bool = attrs.field(init=False, default=True)
-    _pattern: re.Pattern[str] = attrs.field(init=False)
+    _committer: FolderCommitter = attrs.field(init=False)
+    _saver: FolderSaver = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._symlinks = self.config.use_symlinks
-        self._pattern = template_regex(self.config.filename_template)
         self._tracker = BestTracker(self.config)
+        self._committer = FolderCommitter(
+            self.config, self._tracker, template_regex(self.config.filename_template)
+        )
         self._lock = FolderLock(self.root_dir, mode=self.config.file_mode)
+        self._saver = FolderSaver(self._committer, self.acquire, self._lock.release)
         if self.root_dir.is_dir():
             self._tracker.load()
 
@@ -131,21 +117,29 @@ class CheckpointManager:
         try:
             remove_orphaned_temp_files(self.root_dir)
             self._tracker.load()
-            self._repair_best_link()
+            self._committer.repair_best()
         except BaseException:
             self._lock.release()
             raise
 
     def release(self) -> None:
-        """Give back one :meth:`acquire`; the last one unlocks the folder."""
-        self._lock.release()
+        """Wait for the save in flight (raising its error, see :meth:`wait`), then give back one
+        :meth:`acquire`; the last one unlocks the folder (never with a save in flight)."""
+        try:
+            self.wait()
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[CheckpointManager]:
-        """Hold the writer lock for the block: ``with manager.writer(): ...``."""
+        """Hold the writer lock for the block (``with manager.writer(): ...``); its saves are
+        durable when it ends."""
         self.acquire()
         try:
             yield self
+        except BaseException as exc:
+            self.wait(during=exc)  # a failed background save is noted on exc, not raised over it
+            raise
         finally:
             self.release()
 
@@ -153,6 +147,27 @@ class CheckpointManager:
     def holds_lock(self) -> bool:
         """Whether this manager holds the folder's writer lock now."""
         return self._lock.held
+
+    # -- work in the background -------------------------------------------------------------
+
+    @property
+    def save_in_flight(self) -> bool:
+        """Whether a save (or the clean-up after one) is still running in the background."""
+        return self._saver.job.busy
+
+    def wait(self, *, during: BaseException | None = None) -> None:
+        """Wait until the save in flight and its clean-up are done: the file is complete and
+        fsynced, ``latest`` points at it, rotation is over.
+
+        Args:
+            during: An exception already propagating (``fit()`` ending with an error): a failed
+                background save is then logged and noted on it instead of replacing it.
+
+        Raises:
+            CheckpointWriteError: The background save failed (disk full, ...); earlier files and
+                ``latest`` are unchanged. Raised once, by the first wait after the failure.
+        """
+        self._saver.job.wait(during=during)
 
     # -- paths ------------------------------------------------------------------------------
 
@@ -163,17 +178,20 @@ class CheckpointManager:
 
     def latest_path(self) -> Path | None:
         """``latest.ckpt`` when it exists (a dangling link counts as missing), else None."""
+        self.wait()
         path = self.root_dir / LATEST_NAME
         return path if path.exists() else None
 
     def best_path(self) -> Path | None:
         """``best.ckpt`` when it exists, else None."""
+        self.wait()
         path = self.root_dir / BEST_NAME
         return path if path.exists() else None
 
     def list_checkpoints(self) -> list[Path]:
         """This manager's checkpoint files (per the template), oldest first by step, then epoch."""
-        return list_checkpoint_files(self.root_dir, self._pattern)
+        self.wait()
+        return list_checkpoint_files(self.root_dir, self._committer.pattern)
 
     def has_checkpoints(self) -> bool:
         """Whether the folder holds ``latest.ckpt`` or any checkpoint file (valid or not)."""
@@ -182,17 +200,7 @@ class CheckpointManager:
     def record_run_start(self, state: ResumeState, *, world_size: int = 1) -> None:
         """Append where a ``fit()`` starts to ``runs.jsonl`` (``python -m trainer plot`` marks the
         resumes); a line of JSON per start, written by the lock holder."""
-        line = {
-            "global_step": state.global_step,
-            "epoch": state.epoch,
-            "time": time.time(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "world_size": world_size,
-        }
-        self.root_dir.mkdir(parents=True, exist_ok=True)
-        with (self.root_dir / RUNS_NAME).open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        append_run_start(self.root_dir, state.global_step, state.epoch, world_size)
 
     # -- saving -----------------------------------------------------------------------------
 
@@ -219,7 +227,7 @@ class CheckpointManager:
         elsewhere (:func:`~trainer.checkpoints.build_payload`) goes to :meth:`write_payload`.
 
         Returns:
-            The written file.
+            The file written (with ``async_save``: being written; :meth:`wait` for it).
         """
         if model is None or epoch is None or global_step is None:
             raise TypeError(
@@ -232,7 +240,7 @@ class CheckpointManager:
             model=model,
             optimizers=optimizers,
             schedulers=schedulers,
-            scaler_state=_scaler_state(scaler),
+            scaler_state=scaler_state_of(scaler),
             rng_states=capture_rng_states() if rng_states is None else rng_states,
             dataloader_manager_state=dataloader_manager_state,
             resume_state=ResumeState(epoch=epoch, global_step=global_step)
@@ -255,71 +263,62 @@ class CheckpointManager:
     ) -> Path:
         """Write ``payload`` atomically, swap ``latest``, update best, rotate. The one write path.
 
-        Holds the writer lock for the save (see :meth:`acquire`).
+        Waits for the save in flight first. With ``config.async_save`` this is
+        :meth:`write_payload_async`; otherwise the file, ``latest`` and ``best`` are durable when
+        it returns, and rotation finishes in the background (:meth:`wait`). Holds the writer lock
+        for the save (see :meth:`acquire`).
 
         Raises:
             CheckpointLockedError: Another writer holds the folder.
             CheckpointWriteError: The disk is full or the folder is not writable; every earlier
-                file and ``latest`` are unchanged.
+                file and ``latest`` are unchanged (also for an earlier background save).
         """
-        with self.writer(), self._save_mutex:
-            path = write_checkpoint(
-                self.path_for(epoch, global_step), payload, file_mode=self.config.file_mode
-            )
-            self._point(LATEST_NAME, path)
-            record = self._tracker.consider(path, metrics, epoch=epoch, global_step=global_step)
-            if record is not None:
-                self._tracker.write(record)
-                self._point(BEST_NAME, path)
-                logger.info(
-                    "New best checkpoint %s (%s = %s)",
-                    path,
-                    record["monitor_metric"],
-                    record["value"],
-                )
-            self._rotate(keep=path)
-        logger.info("Saved checkpoint %s (epoch %d, global step %d)", path, epoch, global_step)
+        return self._save(payload, epoch, global_step, metrics, self.config.async_save)
+
+    def write_payload_async(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        epoch: int,
+        global_step: int,
+        metrics: Mapping[str, Any] | None,
+    ) -> Path:
+        """Copy ``payload`` to host memory, write it in the background, return its path.
+
+        Blocks for the save in flight and the copy only (into host buffers reused from save to
+        save; pinned and asynchronous for CUDA tensors). Every guarantee of :meth:`write_payload`
+        holds: until the write is done ``latest`` stays on the previous file, and a process killed
+        meanwhile loses only this save. Errors of the write are raised by the next :meth:`wait`.
+
+        Raises:
+            CheckpointLockedError: Another writer holds the folder.
+            TypeError: The payload holds a type ``weights_only=True`` refuses (raised here).
+        """
+        return self._save(payload, epoch, global_step, metrics, True)
+
+    def _save(
+        self,
+        payload: Mapping[str, Any],
+        epoch: int,
+        global_step: int,
+        metrics: Mapping[str, Any] | None,
+        background: bool,
+    ) -> Path:
+        path = self.path_for(epoch, global_step)
+        self._saver.save(
+            payload,
+            path,
+            epoch=epoch,
+            global_step=global_step,
+            metrics=metrics,
+            background=background,
+        )
         return path
-
-    def _point(self, name: str, target: Path) -> None:
-        """Make ``root/name`` refer to ``target`` atomically: a symlink, else a copy."""
-        entry = self.root_dir / name
-        with translate_write_errors(entry, "latest/best entry"):
-            if self._symlinks and not point_link(entry, target):
-                self._symlinks = False
-            if not self._symlinks:
-                copy_atomically(target, entry, mode=self.config.file_mode)
-
-    def _rotate(self, *, keep: Path) -> None:
-        limit = self.config.max_checkpoints
-        if limit is None:
-            return
-        files = self.list_checkpoints()
-        protected = {keep.name, *(p.name for p in files[-limit:])}
-        if self._tracker.record is not None:
-            protected.add(self._tracker.record["file"])
-        for path in files:
-            if path.name not in protected:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                logger.debug("Rotated out %s", path)
-
-    def _repair_best_link(self) -> None:
-        """Point ``best.ckpt`` at the file ``best.json`` names when a save died between the two."""
-        record = self._tracker.record
-        if record is None:
-            return
-        target, best = self.root_dir / record["file"], self.root_dir / BEST_NAME
-        stale = not best.exists() or (best.is_symlink() and os.readlink(best) != record["file"])
-        if target.is_file() and stale:
-            try:
-                self._point(BEST_NAME, target)
-            except CheckpointWriteError as exc:  # best is a convenience: never block the writer
-                logger.warning("Could not repair %s from %s: %s", best, self._tracker.path, exc)
 
     @property
     def best_value(self) -> float | None:
         """The best monitored value so far (survives restarts via ``best.json``), or None."""
+        self.wait()
         return self._tracker.value
 
     # -- restoring --------------------------------------------------------------------------
@@ -357,34 +356,39 @@ class CheckpointManager:
     ) -> tuple[int, int, ResumeState]:
         """Restore everything from ``checkpoint_path`` or, when None, the newest valid file.
 
+        The file's checksum is checked while its tensors are copied into ``model`` and the
+        optimizers; a damaged file is then replaced by the next valid one (restored over it), and
+        the RNGs are restored only from the file that passed.
+
         Returns:
             ``(epoch, global_step, resume_state)`` as saved.
 
         Raises:
             FileNotFoundError: No path was given and the folder holds no checkpoint.
-            CheckpointError: The file (or every candidate) is corrupt or truncated.
+            CheckpointError: The file (or every candidate) is corrupt or truncated. The objects
+                passed in may then hold values of a damaged file: restore another file into them
+                or build them again before training.
             ValueError: Counts differ from the saved ones, or the format version is newer.
         """
-        if checkpoint_path is None:
-            found = self.load_latest_valid()
-            if found is None:
-                raise FileNotFoundError(
-                    f"No checkpoint in {self.root_dir} to resume from; pass checkpoint_path= or "
-                    "start a new run"
-                )
-            path, payload = found
-        else:
-            path, payload = Path(checkpoint_path), read_checkpoint(checkpoint_path)
-        resume = apply_payload(
-            payload,
+        self.wait()
+        found = restore_newest(
+            self.root_dir,
+            self.list_checkpoints() if checkpoint_path is None else [],
+            checkpoint_path,
+            restore_rng=restore_rng,
             model=model,
             optimizers=optimizers,
             schedulers=schedulers,
             precision_or_scaler=scaler,
             dataloader_manager=dataloader_manager,
-            restore_rng=restore_rng,
             strict=strict,
         )
+        if found is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {self.root_dir} to resume from; pass checkpoint_path= or "
+                "start a new run"
+            )
+        path, payload, resume = found
         logger.info(
             "Restored %s (epoch %s, global step %s)",
             path,

@@ -1,0 +1,125 @@
+"""CRC-32 (zlib's) of pieces computed apart: combining them, and hashing one buffer on several cores.
+
+:func:`crc32_combine` gives ``crc32(a + b)`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)`` without
+reading the bytes again (zlib's ``crc32_combine``, which Python's :mod:`zlib` does not expose).
+That lets a writer hash each piece of a file as it writes it and still store the CRC of the whole
+file, and a reader hash the parts of a large file on several threads (``zlib.crc32`` releases the
+GIL).
+
+Example:
+    >>> a, b = b"statefuldata ", b"checkpoint"
+    >>> crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import zlib
+
+__all__ = ["crc32_combine", "crc32_parallel", "default_threads"]
+
+_POLY = 0xEDB88320  # CRC-32's polynomial, bit-reflected (as zlib computes it)
+_ONE = 1 << 31  # the polynomial 1 in the reflected representation
+#: Below this many bytes a buffer is hashed on one thread (starting threads would cost more).
+PARALLEL_MIN_BYTES = 64 << 20
+
+
+def _multiply(a: int, b: int) -> int:
+    """``a(x) * b(x) mod p(x)`` for reflected 32-bit polynomials (zlib's ``multmodp``)."""
+    if a == 0:
+        return 0
+    mask, product = _ONE, 0
+    while True:
+        if a & mask:
+            product ^= b
+            if a & (mask - 1) == 0:
+                return product
+        mask >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+
+
+def _powers() -> tuple[int, ...]:
+    """``x^(2^k) mod p(x)`` for k = 0..31."""
+    table, power = [], _ONE >> 1  # x^1
+    for _ in range(32):
+        table.append(power)
+        power = _multiply(power, power)
+    return tuple(table)
+
+
+_X2N = _powers()
+
+
+@functools.lru_cache(maxsize=1024)
+def _shift(length: int) -> int:
+    """``x^(8 * length) mod p(x)``: what appending ``length`` zero bytes multiplies a CRC by."""
+    power, exponent, k = _ONE, length, 3  # 8 * length = length * 2^3
+    while exponent:
+        if exponent & 1:
+            power = _multiply(_X2N[k & 31], power)
+        exponent >>= 1
+        k += 1
+    return power
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of ``a + b`` from ``crc1 = crc32(a)``, ``crc2 = crc32(b)`` and ``length2 = len(b)``."""
+    if length2 <= 0:
+        return crc1
+    return _multiply(_shift(length2), crc1) ^ crc2
+
+
+def default_threads() -> int:
+    """Threads a large buffer is hashed on: the usable cores, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def crc32_parallel(data: memoryview, *, threads: int | None = None, start: int = 0) -> int:
+    """``zlib.crc32(data, start)``, with large buffers split over ``threads`` threads.
+
+    Args:
+        data: A byte buffer (a memoryview of an ``mmap`` hashes a file without copying it).
+        threads: At most this many threads (None: :func:`default_threads`).
+        start: The running CRC the buffer continues (0 for a fresh one).
+
+    Raises:
+        Whatever hashing a part raised (e.g. an error reading a mapped file).
+    """
+    view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    parts = default_threads() if threads is None else threads
+    parts = min(parts, len(view) // (PARALLEL_MIN_BYTES // 2) or 1)
+    if parts <= 1:
+        return zlib.crc32(view, start)
+    step = -(-len(view) // parts)
+    bounds = [(i, min(i + step, len(view))) for i in range(0, len(view), step)]
+    results: list[int | None] = [None] * len(bounds)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        lo, hi = bounds[index]
+        try:
+            results[index] = zlib.crc32(view[lo:hi])
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(bounds))]
+    for worker in workers:
+        worker.start()
+    try:
+        crc = zlib.crc32(view[bounds[0][0] : bounds[0][1]], start)
+    finally:
+        for worker in workers:
+            worker.join()
+    if errors:
+        raise errors[0]
+    for (lo, hi), part in zip(bounds[1:], results[1:], strict=True):
+        assert part is not None
+        crc = crc32_combine(crc, part, hi - lo)
+    return crc

@@ -1,0 +1,110 @@
+"""The save pipeline of one folder: the commit now or in the background, and what follows it.
+
+:class:`FolderSaver` runs :meth:`~trainer.checkpoints.commit.FolderCommitter.commit` either in the
+caller (a synchronous save; rotation and best copies then go to the background) or, for an
+asynchronous save, on the background thread after :class:`~trainer.checkpoints.snapshot.StagingArea`
+copied the payload to host memory. One piece of work is in flight at a time
+(:class:`~trainer.checkpoints.background.BackgroundJob`); each save waits for the previous one. The
+writer lock is taken in the caller (so a refusal is raised there) and given back by whoever finishes
+the work, so the folder is never unlocked with a write in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from trainer.checkpoints.background import BackgroundJob
+from trainer.checkpoints.commit import FolderCommitter, Housekeeping
+from trainer.checkpoints.snapshot import Snapshot, StagingArea
+
+__all__ = ["FolderSaver"]
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False)
+class FolderSaver:
+    """Saves into one folder through ``committer``; ``acquire``/``release`` are its writer lock."""
+
+    committer: FolderCommitter
+    acquire: Callable[[], None]
+    release: Callable[[], None]
+    job: BackgroundJob = attrs.field(init=False, factory=BackgroundJob)
+    staging: StagingArea = attrs.field(init=False, factory=StagingArea)
+    _mutex: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+
+    def save(
+        self,
+        payload: Mapping[str, Any],
+        path: Path,
+        *,
+        epoch: int,
+        global_step: int,
+        metrics: Mapping[str, Any] | None,
+        background: bool,
+    ) -> None:
+        """Write ``payload`` as ``path``: now (``background=False``) or on the background thread."""
+        self.job.wait()
+        self.acquire()
+        try:
+            if background:
+                snapshot = self.staging.snapshot(payload)
+                metrics = None if metrics is None else dict(metrics)
+                write = functools.partial(
+                    self._write_later, snapshot, path, epoch, global_step, metrics
+                )
+                self.job.start(write, f"the save of {path}")
+                return
+            with self._mutex:
+                work = self.committer.commit(
+                    payload, path, epoch=epoch, global_step=global_step, metrics=metrics
+                )
+        except BaseException:
+            self.release()
+            raise
+        _log_saved(path, epoch, global_step)
+        if work:
+            self.job.start(functools.partial(self._clean_up, work), f"the clean-up after {path}")
+        else:
+            self.release()
+
+    def _write_later(
+        self,
+        snapshot: Snapshot,
+        path: Path,
+        epoch: int,
+        global_step: int,
+        metrics: Mapping[str, Any] | None,
+    ) -> None:
+        try:
+            snapshot.wait()
+            with self._mutex:
+                work = self.committer.commit(
+                    snapshot.payload,
+                    path,
+                    epoch=epoch,
+                    global_step=global_step,
+                    metrics=metrics,
+                    check_types=False,  # the snapshot checked them
+                )
+            _log_saved(path, epoch, global_step)
+            self.committer.housekeep(work)
+        finally:
+            self.release()
+
+    def _clean_up(self, work: Housekeeping) -> None:
+        try:
+            self.committer.housekeep(work)
+        finally:
+            self.release()
+
+
+def _log_saved(path: Path, epoch: int, global_step: int) -> None:
+    logger.info("Saved checkpoint %s (epoch %d, global step %d)", path, epoch, global_step)

@@ -1,0 +1,163 @@
+"""A payload copied to host memory, so that it can be written while training goes on.
+
+:meth:`StagingArea.snapshot` walks a payload once: it checks every value is a plain type or a
+tensor (what :func:`~trainer.checkpoints.io.check_plain_types` checks), rebuilds every container
+and copies every tensor's storage into a host buffer: CPU storages with one plain ``memcpy`` each
+(``torch``'s ``copy_`` wakes its thread team for every tensor, which on a busy machine costs
+several times the copy). Views, shared storages (tied weights) and strides are kept, so the file is
+the one a synchronous save writes. The buffers are kept for the next snapshot (same storage, same
+size: no new allocation, no page faults); on CUDA they are pinned and the copies are asynchronous,
+so the caller does not wait for them: :meth:`Snapshot.wait`, called by the background writer
+before it reads the buffers, does.
+
+The caller must not start another snapshot while the previous one is being written (the manager
+waits for the save in flight first): the buffers are reused.
+
+Example:
+    >>> staging = StagingArea()
+    >>> snap = staging.snapshot({"w": torch.ones(2)})
+    >>> snap.wait(); snap.payload["w"]
+    tensor([1., 1.])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from trainer.checkpoints.io import check_plain_types
+
+__all__ = ["Snapshot", "StagingArea"]
+
+_SCALARS = frozenset({bool, int, float, str, type(None), torch.dtype, torch.device})
+_ROWS = frozenset({list, tuple})
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_StorageKey = tuple[int, int, str]
+
+
+@attrs.frozen
+class Snapshot:
+    """A payload whose tensors live in staging buffers; :meth:`wait` before reading them."""
+
+    payload: dict[str, Any]
+    _ready: tuple[Callable[[], object], ...] = ()
+
+    def wait(self) -> None:
+        """Wait for the asynchronous device-to-host copies (a no-op for CPU tensors)."""
+        for ready in self._ready:
+            ready()
+
+
+def _plain_strided(t: torch.Tensor) -> bool:
+    return (
+        type(t) in _PLAIN_TENSORS
+        and t.layout is torch.strided
+        and not t.is_quantized
+        and not t.is_nested
+        and t.device.type != "meta"
+        and not t.is_conj()
+        and not t.is_neg()
+    )
+
+
+@attrs.define(eq=False)
+class StagingArea:
+    """Host buffers for snapshots, reused from one snapshot to the next (pinned for CUDA tensors).
+
+    Holds, between saves, one copy of every tensor storage of the last payload (the memory an
+    asynchronous save costs).
+    """
+
+    _buffers: dict[_StorageKey, torch.UntypedStorage] = attrs.field(init=False, factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in staging buffers."""
+        return sum(b.nbytes() for b in self._buffers.values())
+
+    def snapshot(self, payload: Mapping[str, Any]) -> Snapshot:
+        """A copy of ``payload`` that later changes of its tensors and containers do not reach.
+
+        Raises:
+            TypeError: ``payload`` holds a value ``torch.load(weights_only=True)`` would refuse
+                (the message names where, as :func:`check_plain_types` does).
+        """
+        used: dict[_StorageKey, torch.UntypedStorage] = {}
+        devices: set[torch.device] = set()
+        copied = self._copy(dict(payload), "payload", used, devices)
+        self._buffers = used
+        ready = []
+        for device in devices:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            ready.append(event.synchronize)
+        return Snapshot(copied, tuple(ready))
+
+    def _copy(
+        self,
+        obj: Any,
+        where: str,
+        used: dict[_StorageKey, torch.UntypedStorage],
+        devices: set[torch.device],
+    ) -> Any:
+        kind = type(obj)
+        if kind in _SCALARS:
+            return obj
+        if isinstance(obj, torch.Tensor):
+            return self._copy_tensor(obj, used, devices)
+        if kind is tuple or kind is list:
+            types = set(map(type, obj))
+            if types <= _SCALARS:  # e.g. the RNG's 625 ints: one pass at C speed
+                return obj if kind is tuple else list(obj)
+            if types <= _ROWS and all(set(map(type, row)) <= _SCALARS for row in obj):
+                return kind(row if type(row) is tuple else list(row) for row in obj)  # a history
+            return kind(self._copy(v, f"{where}[{i}]", used, devices) for i, v in enumerate(obj))
+        if isinstance(obj, dict) and kind.__module__ in ("builtins", "collections"):
+            check_plain_types(dict.fromkeys(obj), where)  # the keys
+            new = {} if kind is dict else copy.copy(obj)  # an OrderedDict keeps its _metadata
+            for key, value in obj.items():
+                new[key] = self._copy(value, f"{where}[{key!r}]", used, devices)
+            if kind is not dict and getattr(obj, "__dict__", None):
+                new.__dict__ = copy.deepcopy(obj.__dict__)
+            return new
+        check_plain_types(obj, where)  # raises, naming where and the type
+        raise TypeError(f"{where} is a {kind.__qualname__}, which cannot be snapshotted")
+
+    def _copy_tensor(
+        self,
+        t: torch.Tensor,
+        used: dict[_StorageKey, torch.UntypedStorage],
+        devices: set[torch.device],
+    ) -> torch.Tensor:
+        if not _plain_strided(t):  # sparse, quantized, subclasses, ...: a plain copy
+            return t.detach().to("cpu", copy=True)
+        source = t.untyped_storage()
+        size = source.nbytes()
+        key = (source.data_ptr(), size, str(t.device))
+        staged = used.get(key) if size else None
+        if staged is None:
+            staged = self._buffers.get(key) if size else None
+            cuda = t.device.type == "cuda"
+            if staged is None or staged.nbytes() != size:
+                staged = torch.empty(size, dtype=torch.uint8, pin_memory=cuda).untyped_storage()
+            if size:
+                target = torch.empty(0, dtype=torch.uint8).set_(staged)
+                origin = torch.empty(0, dtype=torch.uint8, device=t.device).set_(source)
+                if t.device.type == "cpu":  # a plain memcpy, without the GIL: torch's copy_
+                    np.copyto(target.numpy(), origin.numpy())  # starts its thread team per tensor
+                else:
+                    target.copy_(origin, non_blocking=cuda)
+                used[key] = staged
+                if cuda:
+                    devices.add(t.device)
+        copied = torch.empty(0, dtype=t.dtype).set_(
+            staged, t.storage_offset(), t.size(), t.stride()
+        )
+        if type(t) is torch.nn.Parameter:
+            return torch.nn.Parameter(copied, requires_grad=t.requires_grad)
+        return copied.requires_grad_(t.requires_grad) if t.requires_grad else copied
