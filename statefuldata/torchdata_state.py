@@ -43,6 +43,7 @@ __all__ = [
     "KEY_SAMPLER_STATE",
     "KEY_SAMPLES_YIELDED",
     "KEY_SNAPSHOT",
+    "KEY_STEPS_SINCE_SNAPSHOT",
     "KEY_WORKER_SNAPSHOTS",
     "PRIVATE_ATTRIBUTES",
     "SINGLE_PROCESS_KEYS",
@@ -64,6 +65,8 @@ KEY_DATASET_STATE = "dataset_state"
 KEY_FETCHER_STATE = "fetcher_state"
 KEY_NUM_YIELDED = "_num_yielded"
 KEY_ITERATOR_FINISHED = "_iterator_finished"
+#: With workers: batches handed out since the snapshot (the sampler state lags by that many).
+KEY_STEPS_SINCE_SNAPSHOT = "_steps_since_snapshot"
 #: Inside the batch sampler's state: the sampler's own state, and the samples handed out.
 KEY_SAMPLER_STATE = "sampler_state"
 KEY_SAMPLES_YIELDED = "samples_yielded"
