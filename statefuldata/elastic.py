@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 KEY_WORLD_SIZES = "world_sizes"
 #: The option that restarts the current pass of loaders whose position cannot move.
 RESTART_OPTION = "restart_incompatible_sources"
-_LAYOUT_KEYS = ("batch_sizes", "num_workers", KEY_WORLD_SIZES)
+_LAYOUT_KEYS_ORDER = (KEY_WORLD_SIZES, "batch_sizes", "num_workers")
+_LAYOUT_KEYS = frozenset(_LAYOUT_KEYS_ORDER)
 _SEEDED_EPOCH = "statefuldata_epoch"  # SeededStatefulDataLoader.KEY_EPOCH (no import cycle)
 
 
@@ -113,19 +114,17 @@ def compare_fingerprints(
             if key not in current and key not in _LAYOUT_KEYS
         }
     )
-    worlds = current[KEY_WORLD_SIZES]
-    saved_worlds = saved.get(KEY_WORLD_SIZES, worlds)
-    batches, saved_batches = current["batch_sizes"], saved.get("batch_sizes")
-    workers, saved_workers = current["num_workers"], saved.get("num_workers")
-    if not all(
-        isinstance(x, list) and len(x) == len(worlds)
-        for x in (saved_worlds, saved_batches, saved_workers)
-    ):
+    worlds, batches, workers = (current[key] for key in _LAYOUT_KEYS_ORDER)
+    found = [
+        saved.get(key, worlds if key == KEY_WORLD_SIZES else None) for key in _LAYOUT_KEYS_ORDER
+    ]
+    if not all(isinstance(x, list) and len(x) == len(worlds) for x in found):
         diff["layout"] = {
-            "saved": {key: saved.get(key) for key in _LAYOUT_KEYS},
-            "current": {key: current[key] for key in _LAYOUT_KEYS},
+            "saved": {key: saved.get(key) for key in _LAYOUT_KEYS_ORDER},
+            "current": {key: current[key] for key in _LAYOUT_KEYS_ORDER},
         }
         return diff, []
+    saved_worlds, saved_batches, saved_workers = cast("list[list[Any]]", found)
     if saved_worlds == worlds:
         if saved_batches != batches:
             diff["batch_sizes"] = {"saved": saved_batches, "current": batches}

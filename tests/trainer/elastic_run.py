@@ -128,13 +128,33 @@ def main(argv: list[str]) -> dict[str, Any]:
     return run(parse(argv))
 
 
+def probe() -> dict[str, Any]:
+    """How ``make_loader`` shards under the process group: by default, with explicit values, and
+    the error for an explicit ``rank >= world_size``."""
+    default = make_loader(Features(8), batch_size=2, shuffle=True).sampler
+    explicit = make_loader(Features(8), batch_size=2, shuffle=True, rank=0, world_size=1).sampler
+    try:
+        make_loader(Features(8), batch_size=2, rank=3, world_size=2)
+        error = ""
+    except ValueError as exc:
+        error = str(exc)
+    return {
+        "default": [default.rank, default.world_size],
+        "explicit": [explicit.rank, explicit.world_size],
+        "error": error,
+    }
+
+
 def launch(argv: list[str]) -> None:
     """Under torchrun: ``OUT :: JOB :: JOB ...``, each JOB the arguments of :func:`main`. The jobs
     run one after the other in one process group (one launch, several runs); job ``j`` of rank
-    ``R`` writes its record to ``OUT/job{j}-rank{R}.pt``."""
+    ``R`` writes its record to ``OUT/job{j}-rank{R}.pt`` (and :func:`probe`'s to
+    ``OUT/probe-rank{R}.pt``)."""
     out, *jobs = " ".join(argv).split(" :: ")
     dist.init_process_group("gloo")
     try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        torch.save(probe(), Path(out) / f"probe-rank{dist.get_rank()}.pt")
         for j, job in enumerate(jobs):
             record = run(parse(job.split()))
             Path(out).mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,16 @@ def test_loaders_shard_by_the_process_group_without_rank_arguments(runs) -> None
         assert len(ids0) == len(ids1) == 4 and not set(ids0) & set(ids1)  # disjoint halves
 
 
+def test_explicit_rank_and_world_size_win_over_the_process_group(runs) -> None:
+    out = runs["base"] / "out"
+    probes = [torch.load(out / f"probe-rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [p["default"] for p in probes] == [[0, 2], [1, 2]]
+    assert [p["explicit"] for p in probes] == [[0, 1], [0, 1]]
+    assert all(
+        "'rank' must be < world_size (got rank=3, world_size=2)" in p["error"] for p in probes
+    )
+
+
 def test_two_ranks_resume_at_one(runs, reference) -> None:
     resumed = [elastic_run.main([str(runs["base"] / "down")])]
     _check(runs["down"], resumed, reference, 5)
