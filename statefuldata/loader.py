@@ -56,9 +56,11 @@ def make_loader(
 
     Map-style datasets get a :class:`ShuffledSampler` (``shuffle=True``) or :class:`SequentialSampler`,
     strided over ``rank``/``world_size`` (by default the torch.distributed process group's when one
-    is initialised, else 0 and 1; values you pass win); iterables go through
-    :func:`checkpointable` (their own state, or the skip fallback). Workers are seeded from ``(seed, epoch, rank, worker_id)`` and the loader's
-    generator from ``(seed, rank)``. A ``sampler=`` you pass is used as is (``shuffle`` must stay False).
+    is initialised, else 0 and 1; values you pass win: pass ``rank=0, world_size=1`` where a
+    framework shards batches itself, e.g. ``accelerate``'s ``prepare``); iterables go through
+    :func:`checkpointable` (their own state, or the skip fallback). Workers are seeded from
+    ``(seed, epoch, rank, worker_id)`` and the loader's generator from ``(seed, rank)``. A
+    ``sampler=`` you pass is used as is (``shuffle`` must stay False).
 
     An iterable is shuffled with ``shuffle=True, shuffle_buffer_size=N``: a :class:`ShuffleBuffer`
     of N items, exactly resumable. ``per_sample_seed=True`` seeds the Python, numpy and torch global

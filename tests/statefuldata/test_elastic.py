@@ -156,3 +156,30 @@ def test_another_global_batch_size_is_refused() -> None:
         IncompatibleStateError, match=r"'global_batch_sizes': \{'saved': \[4, 4, 4\]"
     ):
         other.load_state_dict(state)
+
+
+def _legacy(state: dict, rank: int, world: int) -> dict:
+    """``state`` as written before elastic resume: per-rank sampler positions, no world sizes."""
+    old = copy.deepcopy(state)
+    iterator = old["train_iterator_state"]
+    del iterator["fingerprint"]["world_sizes"]
+    for entry in iterator["loader_states"]:
+        sampler = entry["sampler_state"]
+        saved_world = sampler.pop("world_size")
+        sampler["position"] //= saved_world
+        sampler["fingerprint"].update(rank=rank, world_size=world)
+    return old
+
+
+@pytest.mark.parametrize("k", [5, 12])
+def test_a_state_written_before_elastic_resume_still_loads_at_its_world_size(k) -> None:
+    reference = _steps([_manager(r, 2) for r in range(2)], STEPS)
+    first = [_manager(r, 2) for r in range(2)]
+    _steps(first, k)
+    resumed = [_manager(r, 2) for r in range(2)]
+    for r, (m, old) in enumerate(zip(resumed, first)):
+        m.load_state_dict(_legacy(old.state_dict(), r, 2))
+    assert _steps(resumed, STEPS - k) == reference[k:]
+    # Without world sizes in it, another world size shows as another (per-rank) batch size.
+    with pytest.raises(IncompatibleStateError, match=r"'batch_sizes': \{'saved': \[2, 2, 2\]"):
+        _manager(0, 1).load_state_dict(_legacy(first[0].state_dict(), 0, 2))
