@@ -33,6 +33,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.ranks import process_group_rank_and_world
 from statefuldata.samplers import PositionSampler, advance_state
+from statefuldata.seeded_loader import SeededStatefulDataLoader
 from statefuldata.state import DataLoaderState
 from statefuldata.torchdata_state import KEY_ITERATOR_FINISHED, KEY_STEPS_SINCE_SNAPSHOT
 
@@ -59,7 +60,6 @@ KEY_WORLD_SIZES = "world_sizes"
 RESTART_OPTION = "restart_incompatible_sources"
 _LAYOUT_KEYS_ORDER = (KEY_WORLD_SIZES, "batch_sizes", "num_workers")
 _LAYOUT_KEYS = frozenset(_LAYOUT_KEYS_ORDER)
-_SEEDED_EPOCH = "statefuldata_epoch"  # SeededStatefulDataLoader.KEY_EPOCH (no import cycle)
 
 
 def job_world_size() -> int:
@@ -252,7 +252,7 @@ def restore_elastic(loader: Any, entry: DataLoaderState, saved_batch_size: Any) 
 def restart_pass(loader: Any, entry: DataLoaderState) -> None:
     """Start the loader's current pass over (same epoch) instead of restoring its position."""
     rest = entry.loader_state or {}
-    epoch = rest.get(_SEEDED_EPOCH)
+    epoch = rest.get(SeededStatefulDataLoader.KEY_EPOCH)
     if isinstance(loader, StatefulDataLoader):
         loader.load_state_dict({})  # a fresh pass, whatever the loader held before
     set_epoch = getattr(loader, "set_epoch", None)
