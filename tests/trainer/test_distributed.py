@@ -1,4 +1,7 @@
-"""Two CPU ranks (gloo): preemption is agreed by all ranks, rank 0 writes every rank's data position."""
+"""Two CPU ranks (gloo): a signal that lands inside the preemption agreement is never lost.
+
+The preempt-one-rank, resume-exactly run under real torchrun is tests/trainer/test_ddp.py.
+"""
 
 from __future__ import annotations
 
@@ -98,30 +101,6 @@ def _run(
         join=True,
     )
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-
-
-@pytest.mark.slow
-def test_preemption_on_one_rank_stops_all_and_resume_matches(tmp_path) -> None:
-    reference = _run(tmp_path / "ref", tmp_path / "ref-out")
-    first = _run(tmp_path / "run", tmp_path / "first-out", preempt_at=5)
-    assert [r["status"] for r in first] == ["preempted", "preempted"]
-    assert first[0]["step"] == first[1]["step"] == 5
-    payload = read_checkpoint(tmp_path / "run" / "latest.ckpt")
-    rank_states = payload["dataloader_manager_state"]["rank_states"]
-    assert len(rank_states) == WORLD
-    positions = [
-        s["train_iterator_state"]["loader_states"][0]["sampler_state"] for s in rank_states
-    ]
-    # Sampler positions are global (20 samples handed out by each of the 2 ranks): the same on both.
-    assert [p["world_size"] for p in positions] == [2, 2] and {
-        p["position"] for p in positions
-    } == {40}
-    resumed = _run(tmp_path / "run", tmp_path / "resumed-out")
-    assert [r["status"] for r in resumed] == ["completed", "completed"]
-    for rank in range(WORLD):
-        assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
-        for key, value in reference[rank]["params"].items():
-            assert torch.equal(resumed[rank]["params"][key], value), (rank, key)
 
 
 @pytest.mark.slow

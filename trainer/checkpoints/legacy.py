@@ -64,7 +64,7 @@ def migrate_legacy_payload(
     epoch, step = int(old.get(KEY_EPOCH, 0)), int(old.get(KEY_GLOBAL_STEP, 0))
     if KEY_RESUME not in old:
         old[KEY_RESUME] = ResumeState(epoch=epoch, global_step=step, save_reason="legacy").to_dict()
-    defaults = {KEY_SAVE_TIMESTAMP: 0.0, KEY_EPOCH: epoch, KEY_GLOBAL_STEP: step}
+    defaults: dict[str, Any] = {KEY_SAVE_TIMESTAMP: 0.0, KEY_EPOCH: epoch, KEY_GLOBAL_STEP: step}
     manager_state = old.get(KEY_DATALOADER_MANAGER)
     if isinstance(manager_state, dict):
         defaults[KEY_CHOICE_RNG] = manager_state.get(MANAGER_CHOICE_RNG_KEY)
