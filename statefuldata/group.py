@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from statefuldata.adapters import SkipBatchesLoader
 from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.cursor import Cursor
+from statefuldata.elastic import cursor_entry, finish_restore, plan_restore
 from statefuldata.epoch import EpochIterator
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.phase import Phase, PhasePlan, fingerprint_of
@@ -161,12 +162,19 @@ class PhaseGroup:
         return self.current.choice_rng, self.current.epoch
 
     def load_state_dict(
-        self, state: dict[str, Any], *, choice_rng: Any = None, strict: bool = True
+        self,
+        state: dict[str, Any],
+        *,
+        choice_rng: Any = None,
+        strict: bool = True,
+        restart_incompatible_sources: bool = False,
     ) -> IteratorState:
         """Restore the loaders now; the next :meth:`create_iterator` continues the saved epoch.
 
         Raises ``IncompatibleStateError`` if the state was taken under another configuration
-        (``strict=False`` skips the fingerprint comparison).
+        (``strict=False`` skips the fingerprint comparison), or under another world size or
+        ``num_workers`` for a loader whose position cannot move (see :mod:`statefuldata.elastic`;
+        ``restart_incompatible_sources=True`` restarts their current pass instead).
         """
         plan = self.plan
         record = IteratorState.from_dict(state, plan.phase.value)
@@ -174,11 +182,25 @@ class PhaseGroup:
             plan.phase.value,
             n_loaders=len(self.cursors),
             fingerprint=plan.fingerprint,
+            strict=False,
+        )
+        actions = plan_restore(
+            plan.phase.value,
+            plan.names,
+            [cursor.loader for cursor in self.cursors],
+            record.loader_states,
+            record.fingerprint,
+            plan.fingerprint,
             strict=strict,
+            restart=restart_incompatible_sources,
         )
         self._retire_current()
-        for cursor, entry in zip(self.cursors, record.loader_states):
-            cursor.load_state_dict(entry)
+        batches = record.fingerprint.get("batch_sizes") or [None] * len(self.cursors)
+        for cursor, entry, action, batch in zip(
+            self.cursors, record.loader_states, actions, batches
+        ):
+            cursor.load_state_dict(cursor_entry(action, entry))
+            finish_restore(action, cursor.loader, entry, batch)
         self._pending, self.current, self._requested = record, None, None
         self._pending_rng = choice_rng
         return record

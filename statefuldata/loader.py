@@ -11,6 +11,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from statefuldata.persample import PER_SAMPLE_SEED_DEFAULT, per_sample_seeded
 from statefuldata.protocols import StatefulSampler
+from statefuldata.ranks import process_group_rank_and_world
 from statefuldata.samplers import SequentialSampler, ShuffledSampler
 from statefuldata.seeded_loader import SeededStatefulDataLoader
 from statefuldata.seeded_loader import _RetiredIterator as _RetiredIterator
@@ -45,8 +46,8 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
     per_sample_seed: bool = PER_SAMPLE_SEED_DEFAULT,
     shuffle_buffer_size: int | None = None,
     **dataloader_kwargs: Any,
@@ -54,9 +55,12 @@ def make_loader(
     """Build a ``StatefulDataLoader`` whose state is exact at every batch and O(1) to restore.
 
     Map-style datasets get a :class:`ShuffledSampler` (``shuffle=True``) or :class:`SequentialSampler`,
-    strided over ``rank``/``world_size``; iterables go through :func:`checkpointable` (their own state,
-    or the skip fallback). Workers are seeded from ``(seed, epoch, rank, worker_id)`` and the loader's
-    generator from ``(seed, rank)``. A ``sampler=`` you pass is used as is (``shuffle`` must stay False).
+    strided over ``rank``/``world_size`` (by default the torch.distributed process group's when one
+    is initialised, else 0 and 1; values you pass win: pass ``rank=0, world_size=1`` where a
+    framework shards batches itself, e.g. ``accelerate``'s ``prepare``); iterables go through
+    :func:`checkpointable` (their own state, or the skip fallback). Workers are seeded from
+    ``(seed, epoch, rank, worker_id)`` and the loader's generator from ``(seed, rank)``. A
+    ``sampler=`` you pass is used as is (``shuffle`` must stay False).
 
     An iterable is shuffled with ``shuffle=True, shuffle_buffer_size=N``: a :class:`ShuffleBuffer`
     of N items, exactly resumable. ``per_sample_seed=True`` seeds the Python, numpy and torch global
@@ -72,6 +76,9 @@ def make_loader(
     _check("batch_size", batch_size, minimum=1, hint="use batch_size=1 or more")
     _check("seed", seed, minimum=0, hint="seeds are non-negative, e.g. seed=0")
     _check("num_workers", num_workers, minimum=0, hint="use 0 for no worker processes")
+    group_rank, group_world = process_group_rank_and_world()
+    rank = group_rank if rank is None else rank
+    world_size = group_world if world_size is None else world_size
     _check("world_size", world_size, minimum=1, hint="use 1 without distributed training")
     _check("rank", rank, minimum=0, hint="ranks are numbered 0..world_size-1")
     if rank >= world_size:

@@ -167,11 +167,20 @@ class DataLoaderManager:
             **{p.state_key: None if g is None else g.state_dict() for p, g in groups.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any], *, strict: bool = True) -> None:
+    def load_state_dict(
+        self,
+        state: dict[str, Any],
+        *,
+        strict: bool = True,
+        restart_incompatible_sources: bool = False,
+    ) -> None:
         """Restore positions; takes effect at the next :meth:`create_epoch_iterator`.
 
         Raises ``IncompatibleStateError`` if the state was taken under another configuration
-        (``strict=False`` skips the fingerprint comparison, at your own risk).
+        (``strict=False`` skips the fingerprint comparison, at your own risk). Under another world
+        size or ``num_workers`` (elastic resume, :mod:`statefuldata.elastic`) map-style loaders
+        resume exactly; any other loader raises, or with ``restart_incompatible_sources=True``
+        restarts its current pass with a WARNING naming it.
         """
         if not isinstance(state, dict) or set(state) != set(KEYS_MANAGER):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
@@ -187,6 +196,7 @@ class DataLoaderManager:
                 iterator_state,
                 choice_rng=state[KEY_CHOICE_RNG] if phase is Phase.TRAIN else None,
                 strict=strict,
+                restart_incompatible_sources=restart_incompatible_sources,
             )
             if phase is Phase.TRAIN:
                 logger.debug(

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from statefuldata.config import MultiDataLoaderConfig
+from statefuldata.elastic import KEY_WORLD_SIZES, world_size_of
 
 __all__ = ["Phase"]
 
@@ -69,6 +70,7 @@ def fingerprint_of(
         "lengths": list(lengths),
         "batch_sizes": [getattr(ld, "batch_size", None) for ld in loaders],
         "num_workers": [getattr(ld, "num_workers", 0) for ld in loaders],
+        KEY_WORLD_SIZES: [world_size_of(ld) for ld in loaders],
         "seeds": [seed_of(ld) for ld in loaders],
         "config": config.to_dict(),
     }

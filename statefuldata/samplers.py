@@ -18,6 +18,15 @@ Epochs follow torch's convention (``DistributedSampler``, torchdata's ``Stateful
   ``set_epoch`` equal to the loaded epoch keeps it, another one is ignored with a WARNING, except when
   the loaded pass has nothing left (a state taken at its end), which then starts the requested epoch.
 * The loaded state applies to the resumed pass only; later passes start at position 0.
+
+Elastic state: ``position`` in a state is *global*, the samples of the epoch's global order the whole
+group has handed out (ranks move in lockstep, so it is this rank's position times ``world_size``).
+Loaded under another rank, world size or worker count, each rank resumes at the first global
+position not yet handed out that is its own: the group goes on with the same global sequence when
+the global batch size (per-rank batch size x world size) is unchanged. A pass that was complete
+stays complete (the end-of-epoch padding or truncation follows the new world size). States written
+before this layout (per-rank ``position``, ``rank`` and ``world_size`` in the fingerprint) still load
+under the rank and world size they were taken with.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import numpy as np
 
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.permutation import FeistelPermutation
+from statefuldata.ranks import local_position, num_samples_of, process_group_rank_and_world
 from statefuldata.seeding import derive_seed
 from statefuldata.validators import check_epoch, int_at_least
 
@@ -48,18 +58,35 @@ _non_negative_int = int_at_least(0, hint="use e.g. 0")
 _positive_n = int_at_least(1, above=True, hint="a sampler needs a non-empty dataset")
 
 
+def _group_rank(value: int | None) -> int:
+    return process_group_rank_and_world()[0] if value is None else value
+
+
+def _group_world(value: int | None) -> int:
+    return process_group_rank_and_world()[1] if value is None else value
+
+
 @attrs.define(eq=False)
 class PositionSampler:
-    """Shared machinery: rank striding, padding, chunked iteration, state (see module docstring)."""
+    """Shared machinery: rank striding, padding, chunked iteration, state (see module docstring).
+
+    ``rank`` and ``world_size`` default to the torch.distributed process group's when one is
+    initialised (else 0 and 1); values you pass win.
+    """
 
     KEY_EPOCH: ClassVar[str] = "epoch"
     KEY_POSITION: ClassVar[str] = "position"
     KEY_FINGERPRINT: ClassVar[str] = "fingerprint"
+    KEY_WORLD_SIZE: ClassVar[str] = "world_size"
     KIND: ClassVar[str] = ""
 
     n: int = attrs.field(validator=_positive_n)
-    rank: int = attrs.field(default=0, kw_only=True, validator=_non_negative_int)
-    world_size: int = attrs.field(default=1, kw_only=True, validator=_positive_int)
+    rank: int = attrs.field(
+        default=None, kw_only=True, converter=_group_rank, validator=_non_negative_int
+    )
+    world_size: int = attrs.field(
+        default=None, kw_only=True, converter=_group_world, validator=_positive_int
+    )
     drop_last: bool = attrs.field(default=False, kw_only=True, converter=bool)
 
     _epoch: int = attrs.field(init=False, default=0)
@@ -89,9 +116,7 @@ class PositionSampler:
     @property
     def num_samples(self) -> int:
         """Samples this rank yields per epoch."""
-        if self.drop_last:
-            return self.n // self.world_size
-        return -(-self.n // self.world_size)
+        return num_samples_of(self.n, self.world_size, self.drop_last)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -189,43 +214,126 @@ class PositionSampler:
         raise NotImplementedError
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {
-            "kind": self.KIND,
-            "n": self.n,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "drop_last": self.drop_last,
-        }
+        """What the global order depends on (not the rank nor the world size)."""
+        return {"kind": self.KIND, "n": self.n, "drop_last": self.drop_last}
+
+    def _legacy_fingerprint(self) -> dict[str, Any]:
+        """The fingerprint of the per-rank states written before positions became global."""
+        return {**self._fingerprint(), "rank": self.rank, "world_size": self.world_size}
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "position", "fingerprint"}``; a few dozen bytes whatever ``n`` is."""
+        """``{"epoch", "position", "world_size", "fingerprint"}``; a few dozen bytes whatever ``n`` is.
+
+        ``position`` is global: the samples of the epoch's global order that the whole group has
+        handed out (this rank's position times ``world_size``; ranks move in lockstep).
+        """
         return {
             self.KEY_EPOCH: self._epoch,
-            self.KEY_POSITION: self.position,
+            self.KEY_POSITION: self.position * self.world_size,
+            self.KEY_WORLD_SIZE: self.world_size,
             self.KEY_FINGERPRINT: self._fingerprint(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``(epoch, position)``; raises ``IncompatibleStateError`` on another configuration."""
-        expected = {self.KEY_EPOCH, self.KEY_POSITION, self.KEY_FINGERPRINT}
-        if not isinstance(state, dict) or set(state) != expected:
+        """Restore ``(epoch, position)``, also under another rank, world size or worker count.
+
+        This rank resumes at the first position of the global order not yet handed out by the
+        saved group. Per-rank states of older versions load under the same rank and world size.
+
+        Raises:
+            IncompatibleStateError: The state has other keys, was taken under another ``kind``,
+                ``n``, ``seed`` or ``drop_last``, or holds a position outside its epoch.
+        """
+        self._redirect(*self._resolve(state), loaded=True)
+        self._requested, self._iterated = None, False
+
+    def _resolve(self, state: dict[str, Any]) -> tuple[int, int]:
+        """``(epoch, this rank's position)`` of a state (either layout), validated."""
+        name = type(self).__name__
+        if isinstance(state, dict) and set(state) == _LEGACY_KEYS:
+            self._check_fingerprint(state, self._legacy_fingerprint())
+            return int(state[self.KEY_EPOCH]), self._check_position(
+                int(state[self.KEY_POSITION]), self.num_samples
+            )
+        if not isinstance(state, dict) or set(state) != _STATE_KEYS:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise IncompatibleStateError(
-                f"{type(self).__name__} state must have keys {sorted(expected)} (got {got}); "
+                f"{name} state must have keys {sorted(_STATE_KEYS)} (got {got}); "
                 "pass the dict returned by state_dict()"
             )
-        if state[self.KEY_FINGERPRINT] != self._fingerprint():
+        self._check_fingerprint(state, self._fingerprint())
+        saved_world = state[self.KEY_WORLD_SIZE]
+        if isinstance(saved_world, bool) or not isinstance(saved_world, int) or saved_world < 1:
+            raise IncompatibleStateError(
+                f"{name} state has world_size {saved_world!r}; it must be an int >= 1 (the state "
+                "is corrupt)"
+            )
+        saved_total = num_samples_of(self.n, saved_world, self.drop_last) * saved_world
+        position = self._check_position(int(state[self.KEY_POSITION]), saved_total)
+        local = local_position(position, saved_total, self.rank, self.world_size, self.num_samples)
+        if saved_world != self.world_size:
+            logger.info(
+                "%s: global position %d of epoch %d (saved at world size %d) is position %d of "
+                "rank %d at world size %d",
+                name,
+                position,
+                state[self.KEY_EPOCH],
+                saved_world,
+                local,
+                self.rank,
+                self.world_size,
+            )
+            if position < saved_total and position % self.world_size:
+                logger.warning(
+                    "%s: global position %d does not divide by world size %d, so the ranks resume "
+                    "at different positions; keep the global batch size (batch size x world "
+                    "size) unchanged across a world-size change",
+                    name,
+                    position,
+                    self.world_size,
+                )
+        return int(state[self.KEY_EPOCH]), local
+
+    def _check_fingerprint(self, state: dict[str, Any], expected: dict[str, Any]) -> None:
+        if state[self.KEY_FINGERPRINT] != expected:
             raise IncompatibleStateError(
                 f"{type(self).__name__} state was taken under {state[self.KEY_FINGERPRINT]} but this "
-                f"sampler is {self._fingerprint()}; rebuild the sampler with the saved configuration"
+                f"sampler is {expected}; rebuild the sampler with the saved configuration"
             )
-        position = int(state[self.KEY_POSITION])
-        if not 0 <= position <= self.num_samples:
+
+    @staticmethod
+    def _check_position(position: int, total: int) -> int:
+        if not 0 <= position <= total:
             raise IncompatibleStateError(
-                f"position must be in [0, {self.num_samples}] (got {position}); the state is corrupt"
+                f"position must be in [0, {total}] (got {position}); the state is corrupt"
             )
-        self._redirect(int(state[self.KEY_EPOCH]), position, loaded=True)
-        self._requested, self._iterated = None, False
+        return position
+
+
+_STATE_KEYS = frozenset(
+    {
+        PositionSampler.KEY_EPOCH,
+        PositionSampler.KEY_POSITION,
+        PositionSampler.KEY_WORLD_SIZE,
+        PositionSampler.KEY_FINGERPRINT,
+    }
+)
+_LEGACY_KEYS = _STATE_KEYS - {PositionSampler.KEY_WORLD_SIZE}
+
+
+def advance_state(state: dict[str, Any], samples: int) -> dict[str, Any]:
+    """``state`` (a :class:`PositionSampler` state) after each rank handed out ``samples`` more of
+    the same epoch, stopping at its end; used where a state lags behind (torchdata's worker
+    snapshots are taken every ``snapshot_every_n_steps`` batches)."""
+    if samples <= 0:
+        return state
+    fingerprint, world = (
+        state[PositionSampler.KEY_FINGERPRINT],
+        state[PositionSampler.KEY_WORLD_SIZE],
+    )
+    total = num_samples_of(int(fingerprint["n"]), world, bool(fingerprint["drop_last"])) * world
+    position = min(total, int(state[PositionSampler.KEY_POSITION]) + samples * world)
+    return {**state, PositionSampler.KEY_POSITION: position}
 
 
 @attrs.define(eq=False)
@@ -237,8 +345,10 @@ class SequentialSampler(PositionSampler):
         >>> list(s)
         [0, 1, 2, 3, 4]
 
-    State keys: ``epoch``, ``position``, ``fingerprint``. Resume guarantee: after
-    ``load_state_dict(s.state_dict())`` the remaining indices equal the uninterrupted ones.
+    State keys: ``epoch``, ``position`` (global), ``world_size``, ``fingerprint`` (kind, n,
+    drop_last). Resume guarantee: after ``load_state_dict(s.state_dict())`` the remaining indices
+    equal the uninterrupted ones; under another rank or world size, the group goes on with the
+    rest of the same global order.
     """
 
     KIND: ClassVar[str] = "sequential"
@@ -261,8 +371,10 @@ class ShuffledSampler(PositionSampler):
         >>> sorted(first) == list(range(10)) and list(s) != first  # next epoch, new order
         True
 
-    State keys: ``epoch``, ``position``, ``fingerprint`` (kind, n, seed, rank, world_size, drop_last).
-    Resume guarantee: the remaining indices after a restore equal the uninterrupted ones, exactly.
+    State keys: ``epoch``, ``position`` (global), ``world_size``, ``fingerprint`` (kind, n, seed,
+    drop_last). Resume guarantee: the remaining indices after a restore equal the uninterrupted
+    ones, exactly; under another rank, world size or worker count the group goes on with the rest
+    of the same global order.
     """
 
     KIND: ClassVar[str] = "shuffled"

@@ -14,6 +14,8 @@ import trainer
 PACKAGES = {"statefuldata": statefuldata, "trainer": trainer}
 # Modules whose __all__ holds helpers for sibling modules or the CLI, not the user-facing surface.
 INTERNAL = {
+    "statefuldata.elastic",
+    "statefuldata.ranks",
     "statefuldata.epoch",
     "statefuldata.state",
     "statefuldata.torchdata_state",

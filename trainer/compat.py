@@ -2,9 +2,15 @@
 
 A resume is exact only under the configuration that wrote the checkpoint. The fields below change
 what the next steps compute (how gradients are accumulated, clipped, scaled and weighted, which
-optimizer steps with which loader, what the optimizer and scheduler are, how many processes share
-the batches); every other field (logging, progress bar, checkpoint cadence, validation, seed of a
-fresh run, ...) is harmless and may change between runs.
+optimizer steps with which loader, what the optimizer and scheduler are); every other field
+(logging, progress bar, checkpoint cadence, validation, seed of a fresh run, ...) is harmless and may
+change between runs.
+
+The world size is not one of them: the data pipeline decides (elastic resume, see
+:mod:`statefuldata.elastic`). Map-style loaders hold a global position and resume under any world
+size with the same global batch size; a loader whose position is per rank or per worker refuses
+with an ``IncompatibleStateError`` naming both sizes, unless
+``PreemptionConfig(restart_incompatible_sources=True)`` restarts its current pass.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ EXACTNESS_FIELDS = (
     "trainer.scheduler_interval",
     "optimizers",
     "schedulers",
-    "world_size",
 )
 
 _MISSING = object()

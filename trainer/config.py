@@ -204,8 +204,13 @@ class PreemptionConfig:
         resume_from_latest: Resume from the newest valid checkpoint (else only an explicit path).
         strict_resume: Refuse (``IncompatibleStateError``) to resume a checkpoint written under a
             trainer configuration that changes the result (accumulation steps, clipping,
-            precision, loss weights, optimizer-to-loader mapping, optimizer or scheduler types,
-            world size). False resumes anyway, with a WARNING: the run is then no longer exact.
+            precision, loss weights, optimizer-to-loader mapping, optimizer or scheduler types).
+            False resumes anyway, with a WARNING: the run is then no longer exact. A world-size
+            change is not refused here: map-style loaders resume it exactly (elastic resume).
+        restart_incompatible_sources: On a resume under another world size or ``num_workers``,
+            restart the current pass of the loaders whose position is kept per rank or per worker
+            (iterables, wrapped iterables, skip-based loaders), with a WARNING naming them. False
+            (the default) refuses such a resume with ``IncompatibleStateError``.
         defer_keyboard_interrupt: While ``fit()`` runs in the main thread, the first Ctrl-C (or
             a notebook's stop button) stops at the next batch boundary, so that ``fit()`` again
             continues exactly; a second one stops at once (then ``fit()`` again goes back to the
@@ -218,6 +223,7 @@ class PreemptionConfig:
     auto_resume: bool = attrs.field(default=True, validator=is_bool)
     resume_from_latest: bool = attrs.field(default=True, validator=is_bool)
     strict_resume: bool = attrs.field(default=True, validator=is_bool)
+    restart_incompatible_sources: bool = attrs.field(default=False, validator=is_bool)
     defer_keyboard_interrupt: bool = attrs.field(default=True, validator=is_bool)
 
 

@@ -101,7 +101,8 @@ class TrainerData:
         """Load the pending position into the manager; whether there was one."""
         if self.pending is None or self.manager is None:
             return False
-        self.manager.load_state_dict(self.pending)
+        restart = self.config.preemption.restart_incompatible_sources
+        self.manager.load_state_dict(self.pending, restart_incompatible_sources=restart)
         self.pending = None
         return True
 

@@ -2,7 +2,8 @@
 
 :func:`capture_payload` writes the payload from explicit parts; :func:`restore_payload` loads the
 model, optimizer, scheduler and scaler states at once and hands back what must wait for ``fit()``:
-the data position (this rank's) and the RNG states, so that nothing between the load and the first
+the data position (this rank's; under another world size the global one every rank derives its own
+from) and the RNG states, so that nothing between the load and the first
 batch can disturb them. :func:`resume_source` decides which file a ``fit()`` resumes from.
 """
 
@@ -45,14 +46,19 @@ __all__ = [
     "check_compatible",
     "config_snapshot",
     "gather_data_state",
+    "rank_data_state",
     "restore_payload",
     "resume_source",
+    "saved_world_size",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Key of every rank's data state inside ``dataloader_manager_state`` under torch.distributed.
 KEY_RANK_STATES = "rank_states"
+#: Key of the scheduler fingerprint holding each loader's world size (files written before elastic
+#: resume lack it).
+KEY_WORLD_SIZES = "world_sizes"
 #: ``metrics_history`` key counting the optimizer steps skipped for a non-finite loss.
 SKIPPED_STEPS_KEY = "train/skipped_steps"
 
@@ -161,6 +167,7 @@ def restore_payload(
     schedulers: Sequence[Any],
     precision: Precision,
     rank: int,
+    world_size: int = 1,
 ) -> RestoredPayload:
     """Load model, optimizers, schedulers and scaler now; return the rest for ``fit()``."""
     state = apply_payload(
@@ -173,13 +180,63 @@ def restore_payload(
         restore_rng=False,
     )
     state.preempted = False
-    data = payload[KEY_DATALOADER_MANAGER]
-    if isinstance(data, dict) and KEY_RANK_STATES in data:
-        data = data[KEY_RANK_STATES][rank]
+    data = rank_data_state(payload, rank=rank, world_size=world_size)
     history = {k: [list(p) for p in v] for k, v in (payload[KEY_METRICS_HISTORY] or {}).items()}
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     return RestoredPayload(state, history, data, payload[KEY_RNG])
+
+
+def saved_world_size(payload: Mapping[str, Any]) -> int:
+    """The world size a payload was written under (1 for files that do not say)."""
+    snapshot = payload.get(KEY_CONFIG_SNAPSHOT)
+    saved = snapshot.get("world_size") if isinstance(snapshot, Mapping) else None
+    data = payload.get(KEY_DATALOADER_MANAGER)
+    if isinstance(data, Mapping) and isinstance(data.get(KEY_RANK_STATES), list):
+        return len(data[KEY_RANK_STATES])
+    return saved if isinstance(saved, int) and saved >= 1 else 1
+
+
+def _fingerprints_know_world_sizes(data: Mapping[str, Any]) -> bool:
+    states = [data.get(f"{phase}_iterator_state") for phase in ("train", "val")]
+    return all(
+        KEY_WORLD_SIZES in state["fingerprint"]
+        for state in states
+        if isinstance(state, Mapping) and isinstance(state.get("fingerprint"), Mapping)
+    )
+
+
+def rank_data_state(
+    payload: Mapping[str, Any], *, rank: int, world_size: int
+) -> dict[str, Any] | None:
+    """This rank's data position in a payload: its own record under the saved world size; under
+    another one (elastic resume) rank 0's, whose positions are global (every saved rank holds the
+    same global position; each new rank derives its own from it when the manager loads it).
+
+    Raises:
+        IncompatibleStateError: The world size changed and the file predates elastic resume.
+    """
+    data = payload[KEY_DATALOADER_MANAGER]
+    if not isinstance(data, dict):
+        return data
+    saved = saved_world_size(payload)
+    states = data.get(KEY_RANK_STATES)
+    if saved == world_size:
+        return states[rank] if isinstance(states, list) else data
+    own = states[0] if isinstance(states, list) else data
+    if not _fingerprints_know_world_sizes(own):
+        raise IncompatibleStateError(
+            f"this checkpoint was written at world size {saved} by a version without elastic "
+            f"resume (its data state holds per-rank positions), and this run has world size "
+            f"{world_size}; resume it with {saved} processes"
+        )
+    logger.info(
+        "Elastic resume: the checkpoint was written at world size %d, this run has %d; every "
+        "rank derives its data position from the saved global one",
+        saved,
+        world_size,
+    )
+    return {key: value for key, value in own.items() if key != KEY_RANK_STATES}
 
 
 def _chosen(how: str, path: Path, payload: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
@@ -309,6 +366,7 @@ class TrainerIO:
             schedulers=self.schedulers,
             precision=self.precision,
             rank=self.rank,
+            world_size=self.world_size,
         )
         self.data.pending = restored.data_state
         return restored

@@ -144,5 +144,6 @@ class ResumableLoader:
                 "DataLoaderConfiguration(use_stateful_dataloader=True)"
             )
         batch_size = self.loader.total_batch_size
-        position = min(batches * batch_size, sampler.num_samples)
+        # A sampler state's position is global: the samples the whole group has handed out.
+        position = min(batches * batch_size, sampler.num_samples * sampler.world_size)
         sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "position": position})

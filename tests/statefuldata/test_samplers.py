@@ -110,7 +110,7 @@ def test_resume_at_any_position_across_epochs(k: int) -> None:
 def test_state_before_first_item_and_size_independent_of_n() -> None:
     small, large = ShuffledSampler(10**3, seed=1), ShuffledSampler(10**8, seed=1)
     assert small.state_dict()["position"] == 0
-    assert len(small.state_dict()) == len(large.state_dict()) == 3
+    assert len(small.state_dict()) == len(large.state_dict()) == 4
 
 
 def test_load_state_redirects_live_iterator() -> None:
@@ -364,3 +364,132 @@ def test_set_epoch_never_discards_a_loaded_position(caplog) -> None:
     s.load_state_dict({**reference.state_dict(), "position": 4})  # a load clears an earlier request
     assert list(s) == order[4:]
     assert _trace("ours", [list(s)]) == [(3, 0, N)]
+
+
+# --- elastic state: the position is global -------------------------------------------------------
+
+
+def _sampler(kind: str, n: int, rank: int, world_size: int):
+    if kind == "shuffled":
+        return ShuffledSampler(n, seed=SEED, rank=rank, world_size=world_size)
+    return SequentialSampler(n, rank=rank, world_size=world_size)
+
+
+def _global_steps(samplers, batch: int, steps: int) -> list[list[int]]:
+    """The first ``steps`` global steps (sorted union of every rank's batch) of samplers that each
+    start with the rest of their current pass and go on with later passes."""
+    per_rank = []
+    for s in samplers:
+        items: list[int] = []
+        for _ in range(steps + 2):  # a restored pass may be empty; then one pass per epoch
+            if len(items) >= steps * batch:
+                break
+            items += list(s)
+        per_rank.append(items)
+    return [
+        sorted(i for items in per_rank for i in items[t * batch : (t + 1) * batch])
+        for t in range(steps)
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["shuffled", "sequential"]),
+    saved_world=st.sampled_from([1, 2, 3]),
+    new_world=st.sampled_from([1, 2, 3, 6]),
+    steps_per_epoch=st.integers(1, 4),
+    data=st.data(),
+)
+def test_elastic_resume_continues_the_global_order(
+    kind, saved_world, new_world, steps_per_epoch, data
+) -> None:
+    """Checkpoint at any global step (mid-epoch, at an epoch's end, in a later epoch) under one
+    world size, resume under another with the same global batch: every later global step holds the
+    same samples as the uninterrupted run."""
+    global_batch = 6  # divisible by every world size drawn
+    n, epochs = global_batch * steps_per_epoch, 3
+    total = epochs * steps_per_epoch
+    k = data.draw(st.integers(0, total - 1), label="interrupted after global step")
+    reference = _global_steps(
+        [_sampler(kind, n, r, saved_world) for r in range(saved_world)],
+        global_batch // saved_world,
+        total,
+    )
+    saved = []
+    for r in range(saved_world):
+        s = _sampler(kind, n, r, saved_world)
+        done, rest = divmod(k, steps_per_epoch)
+        for _ in range(done):
+            list(s)
+        it = iter(s)
+        for _ in range(rest * global_batch // saved_world):
+            next(it)
+        saved.append(round_trip(s.state_dict()))
+    assert all(state == saved[0] for state in saved)  # the state is global: the same on every rank
+    resumed = []
+    for r in range(new_world):
+        s = _sampler(kind, n, r, new_world)
+        s.load_state_dict(saved[0])
+        resumed.append(s)
+    assert _global_steps(resumed, global_batch // new_world, total - k) == reference[k:]
+
+
+def test_global_position_math_at_the_edges() -> None:
+    from statefuldata.ranks import local_position
+    from statefuldata.samplers import advance_state
+
+    # 10 samples at world size 4: ranks take 1, 5, 9 / ... ; 6 handed out -> rank 1 has 2 of its own
+    assert [local_position(6, 12, r, 4, 3) for r in range(4)] == [2, 2, 1, 1]
+    assert local_position(0, 12, 3, 4, 3) == 0
+    assert local_position(12, 12, 3, 4, 3) == 3  # a complete pass stays complete
+    # n=11 at world size 2 pads to 12; complete there is complete at world size 1 (11 samples)
+    s = SequentialSampler(11, world_size=2, rank=1)
+    list(s)
+    state = s.state_dict()
+    assert state["position"] == 12 and state["world_size"] == 2
+    one = SequentialSampler(11)
+    one.load_state_dict(state)
+    assert list(one) == [] and list(one) == list(range(11))  # the next pass is a full one
+    assert advance_state({**state, "position": 4}, 3)["position"] == 10
+    assert advance_state({**state, "position": 4}, 99)["position"] == 12  # stops at the end
+
+
+def test_legacy_per_rank_state_loads_under_the_same_world_size_only() -> None:
+    reference = ShuffledSampler(20, seed=SEED, rank=1, world_size=2)
+    order = list(reference)
+    legacy = {
+        "epoch": 0,
+        "position": 4,
+        "fingerprint": {
+            "kind": "shuffled",
+            "n": 20,
+            "rank": 1,
+            "world_size": 2,
+            "drop_last": False,
+            "seed": SEED,
+        },
+    }
+    s = ShuffledSampler(20, seed=SEED, rank=1, world_size=2)
+    s.load_state_dict(legacy)
+    assert list(s) == order[4:]
+    with pytest.raises(IncompatibleStateError, match=r"'world_size': 2.*'world_size': 1"):
+        ShuffledSampler(20, seed=SEED).load_state_dict(legacy)
+
+
+def test_elastic_state_is_checked() -> None:
+    state = ShuffledSampler(20, seed=SEED, world_size=2).state_dict()
+    with pytest.raises(IncompatibleStateError, match=r"'seed': 5.*'seed': 1"):
+        ShuffledSampler(20, seed=1).load_state_dict(state)
+    with pytest.raises(IncompatibleStateError, match=r"position must be in \[0, 20\] \(got 21\)"):
+        ShuffledSampler(20, seed=SEED).load_state_dict({**state, "position": 21})
+    with pytest.raises(IncompatibleStateError, match="world_size 0; it must be an int >= 1"):
+        ShuffledSampler(20, seed=SEED).load_state_dict({**state, "world_size": 0})
+
+
+def test_a_global_position_that_does_not_divide_warns(caplog) -> None:
+    s = SequentialSampler(12, world_size=3)
+    it = iter(s)
+    next(it)  # global position 3 at world size 3
+    with caplog.at_level(logging.WARNING, logger="statefuldata.samplers"):
+        SequentialSampler(12, world_size=2).load_state_dict(s.state_dict())
+    assert "global position 3 does not divide by world size 2" in caplog.text
