@@ -55,6 +55,25 @@ def _our_sampler(loader: Any) -> PositionSampler | None:
     return None
 
 
+def _check_sharded_once(loader: Any) -> None:
+    """Refuse a loader sharded by rank twice: by our sampler and by accelerate's batch sampler."""
+    sampler = _our_sampler(loader)
+    node, processes = getattr(loader, "batch_sampler", None), 1
+    for _ in range(4):
+        if node is None:
+            break
+        processes = max(processes, int(getattr(node, "num_processes", 1) or 1))
+        node = getattr(node, "batch_sampler", None)
+    if sampler is not None and sampler.world_size > 1 and processes > 1:
+        raise ValueError(
+            f"this loader is sharded twice: its sampler already takes rank {sampler.rank} of "
+            f"world_size={sampler.world_size} (make_loader shards by the process group), and "
+            f"accelerate's prepare() splits its batches over {processes} processes again, so each "
+            "process would see 1/world_size^2 of the data; build the loader with "
+            "make_loader(..., rank=0, world_size=1) when accelerate prepares it"
+        )
+
+
 class ResumableLoader:
     """A prepared accelerate loader whose position ``save_state``/``load_state`` carry exactly."""
 
@@ -62,6 +81,7 @@ class ResumableLoader:
     KEY_BATCHES: ClassVar[str] = "batches"
 
     def __init__(self, loader: Any) -> None:
+        _check_sharded_once(loader)
         self.loader = loader
         self._epoch = -1  # epoch of the current (or last) pass
         self._batches = 0  # batches consumed in it

@@ -119,3 +119,17 @@ def test_resumable_loader_errors_say_what_to_do() -> None:
     with pytest.raises(ValueError, match=r"'epoch' must be an int >= 0 \(got -1\)"):
         loader.set_epoch(-1)
     assert len(loader) == 4 and loader.state_dict() == {"epoch": 0, "batches": 0}
+
+
+def test_a_loader_sharded_by_rank_and_by_accelerate_is_refused() -> None:
+    from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
+
+    ours = make_loader(Ids(16), batch_size=2, shuffle=True, seed=0, rank=1, world_size=2)
+    twice = DataLoaderShard(ours.dataset, batch_sampler=BatchSamplerShard(ours.batch_sampler, 2, 1))
+    with pytest.raises(ValueError, match=r"sharded twice.*rank 1 of world_size=2.*over 2 proc"):
+        ResumableLoader(twice)
+    once = make_loader(Ids(16), batch_size=2, shuffle=True, seed=0, rank=0, world_size=1)
+    shard = DataLoaderShard(once.dataset, batch_sampler=BatchSamplerShard(once.batch_sampler, 2, 1))
+    loader = ResumableLoader(shard)  # sharded by accelerate only: accepted, half the samples
+    ids = [i for batch in loader for i in batch.tolist()]
+    assert len(ids) == len(set(ids)) == 8
