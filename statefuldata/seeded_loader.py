@@ -164,9 +164,8 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
         self._start_pass(self._next_epoch())
         if self.num_workers == 0:
             return super()._get_iterator()
-        close_at_exit(self)
         with frozen_heap_for_fork():
-            return super()._get_iterator()
+            return close_at_exit(super()._get_iterator())
 
     def state_dict(self) -> dict[str, Any]:
         """torchdata's state, taken at the last batch consumed, with the epoch of the pass.

@@ -162,31 +162,37 @@ def close_loader(loader: Any) -> None:
         loader._iterator = None  # a persistent loader would reuse its dead workers otherwise
 
 
-_OPEN_LOADERS: weakref.WeakSet[Any] = weakref.WeakSet()
+_OPEN_ITERATORS: weakref.WeakSet[Any] = weakref.WeakSet()
+_OUR_WORKERS: weakref.WeakSet[Any] = weakref.WeakSet()  # processes, kept by multiprocessing
 
 
-def close_at_exit(loader: Any) -> None:
-    """Stop ``loader``'s workers before the interpreter exits, if it still has any then.
+def close_at_exit(iterator: Any) -> Any:
+    """Stop ``iterator``'s worker processes before the interpreter exits, if it still has any then.
 
     Our workers ignore SIGTERM (it is meant for the main process), and at exit ``multiprocessing``
     terminates daemonic children with SIGTERM and then waits for them: a script that ends with a
-    multi-process iterator still open would hang there forever. This handler (registered after
-    multiprocessing's and torch's, so it runs before them) shuts such workers down the regular way
-    and kills any that does not stop.
+    multi-process iterator still open (held by a framework's loop, a cycle, a global) would hang
+    there forever. This handler (registered after multiprocessing's and torch's, so it runs before
+    them) shuts such workers down the regular way and kills any that does not stop. Returns
+    ``iterator``.
     """
-    _OPEN_LOADERS.add(loader)
+    _OPEN_ITERATORS.add(iterator)
+    for worker in getattr(iterator, "_workers", None) or ():
+        _OUR_WORKERS.add(worker)
+    return iterator
 
 
 @atexit.register
-def _close_open_loaders() -> None:
-    for loader in list(_OPEN_LOADERS):
-        iterator = getattr(loader, "_iterator", None)
-        workers = list(getattr(iterator, "_workers", None) or ())
+def _close_open_iterators() -> None:
+    for iterator in list(_OPEN_ITERATORS):
+        shutdown = getattr(iterator, "_shutdown_workers", None)
         try:
-            close_loader(loader)
-        except Exception:  # exiting anyway: never let one loader keep the others open
-            logger.debug("closing a loader at exit failed", exc_info=True)
-        for worker in workers:
-            if worker.is_alive():
-                worker.kill()
-                worker.join(timeout=5)
+            if callable(shutdown):
+                shutdown()
+        except Exception:  # exiting anyway: never let one iterator keep the others open
+            logger.debug("stopping a loader's workers at exit failed", exc_info=True)
+    # Workers of iterators collected earlier: their shutdown's SIGTERM was ignored.
+    for worker in list(_OUR_WORKERS):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
