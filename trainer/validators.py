@@ -13,9 +13,12 @@ import signal
 import string
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
+
+# One enum conversion for both packages (trainer may import statefuldata, never the reverse).
+from statefuldata.validators import to_enum
 
 __all__ = [
     "check_logger_names",
@@ -35,26 +38,6 @@ __all__ = [
 ]
 
 is_bool = attrs.validators.instance_of(bool)
-
-
-_E = TypeVar("_E", bound=enum.Enum)
-
-
-def to_enum(enum_cls: type[_E], value: Any, name: str) -> _E:
-    """``value`` as a member of ``enum_cls``: a member, its value, or its name (any case).
-
-    Raises:
-        ValueError: ``'name' must be one of 'a', 'b' (got value)``.
-    """
-    if isinstance(value, enum_cls):
-        return value
-    if isinstance(value, str):
-        key = value.strip().lower()
-        for member in enum_cls:
-            if key in (str(member.value).lower(), member.name.lower()):
-                return member
-    valid = ", ".join(repr(m.value) for m in enum_cls)
-    raise ValueError(f"'{name}' must be one of {valid} (got {value!r})")
 
 
 def int_at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
