@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from benchmarks.formatting import format_value, power_label
+from benchmarks.peers import peer_table
 from benchmarks.results import BenchmarkResult, Column, Figure, Panel, Series
 
 __all__ = ["format_value", "power_label", "write_report"]
@@ -26,49 +28,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _seconds(value: float) -> str:
-    if abs(value) >= 1000:
-        return f"{value:,.0f} s"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value / 1e-9:.3g} ns"
-
-
-def _bytes(value: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.0f} B"
-
-
-def power_label(n: int) -> str:
-    """``10^8`` for a power of ten, else ``123,456``."""
-    exponent = len(str(n)) - 1
-    return f"10^{exponent}" if n >= 100 and n == 10**exponent else f"{n:,}"
-
-
-def format_value(value: Any, kind: str) -> str:
-    """A table cell: numbers formatted by the column kind, strings as they are."""
-    if value is None:
-        return "–"
-    if isinstance(value, str) or kind == "text":
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if kind == "int":
-        return f"{int(value):,}"
-    if kind == "seconds":
-        return _seconds(value)
-    if kind == "ratio":
-        return f"{value:.3g}×" if value < 1000 else f"{value:,.0f}×"
-    if kind == "bytes":
-        return _bytes(value)
-    if kind == "rate":
-        return f"{value / 1e6:.3g} M/s"
-    return str(value)
 
 
 def _markdown_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -141,6 +100,10 @@ def write_markdown(path: Path, results: Sequence[BenchmarkResult], machine: dict
         "## Headline ratios",
         "",
         *headline_table(results),
+        "",
+        "## Ours against the best peer",
+        "",
+        *peer_table({"benchmarks": {r.name: r.to_dict() for r in results}}),
         "",
     ]
     for index, result in enumerate(results, start=1):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.peers import peer_figures
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = (
     "restore",
@@ -94,3 +96,24 @@ def test_markdown_table_and_plots_exist(
         assert png.stat().st_size > 1000, name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name})" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TIMEOUT_S + 30)
+def test_a_fresh_run_yields_a_peer_figure_for_every_benchmark_with_peers(
+    quick_run: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    out, _ = quick_run
+    payload = json.loads((out / "results.json").read_text())
+    figures = peer_figures(payload)
+    assert "## Ours against the best peer" in (out / "results.md").read_text()
+    for prefix in (
+        "restore at batch",
+        "epoch start",
+        "data state",
+        "training step",
+        "weighted mix",
+    ):
+        assert any(f.figure.startswith(prefix) for f in figures), (prefix, figures)
+    if payload["benchmarks"]["checkpoint"]["status"] == "ok":
+        assert any(f.figure.startswith("checkpoint of") for f in figures), figures
