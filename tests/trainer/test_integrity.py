@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import random
+import stat
 import struct
 import traceback
 import zipfile
@@ -129,14 +130,13 @@ def test_large_files_are_hashed_in_a_thread_with_the_same_digest(
         read_checkpoint(path)
 
 
-@pytest.mark.parametrize(("threads", "overlap"), [(1, True), (3, True), (2, False)])
-def test_large_writes_hashed_while_fsyncing_give_torch_saves_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int, overlap: bool
+@pytest.mark.parametrize("hashing", ["by a helper thread", "inline"])
+def test_large_writes_hashed_while_written_give_torch_saves_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashing: str
 ) -> None:
-    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # every tensor hashed from the file
-    if overlap:  # while the data is fsynced (else before the one fsync: a small file)
-        monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
-    monkeypatch.setattr(archive, "default_threads", lambda: threads)
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # every tensor hashed apart
+    if hashing == "inline":  # no helper threads (an exiting interpreter)
+        monkeypatch.setattr(archive, "_pool", lambda: None)
     data = payload(6)
     data["model_state_dict"]["more"] = torch.arange(5000.0)
     path = write_checkpoint(tmp_path / "a.ckpt", data)
@@ -153,17 +153,36 @@ def test_large_writes_hashed_while_fsyncing_give_torch_saves_bytes(
     assert check_integrity(path).status is IntegrityStatus.VERIFIED
 
 
-def test_an_fsync_error_while_hashing_fails_the_save(
+def test_a_save_fsyncs_the_file_once_and_the_folder_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    manager = CheckpointManager(CheckpointConfig(root_dir=tmp_path, max_checkpoints=1))
+    manager.write_payload(payload(1), epoch=0, global_step=1, metrics=None)
+    manager.wait()
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # the large-write path, on a small file
+    path = manager.write_payload(payload(2), epoch=0, global_step=2, metrics=None)
+    manager.wait()  # rotation (one unlink, no fsync)
+    assert synced == ["file", "folder"]
+    assert [p.name for p in sorted(tmp_path.glob("*.ckpt"))] == sorted([path.name, "latest.ckpt"])
+    assert read_checkpoint(tmp_path / "latest.ckpt")["global_step"] == 2
+
+
+def test_an_fsync_error_fails_the_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_checkpoint(tmp_path / "a.ckpt", payload(1))
 
     def failing(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(archive, "DEFER_BYTES", 1024)
-    monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
-    monkeypatch.setattr(archive.os, "fsync", failing)  # the data's fsync, on the helper thread
+    monkeypatch.setattr(os, "fsync", failing)
     with pytest.raises(CheckpointWriteError, match="Input/output error"):
         write_checkpoint(tmp_path / "a.ckpt", payload(2))
     monkeypatch.undo()

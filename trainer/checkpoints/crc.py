@@ -19,12 +19,14 @@ import os
 import threading
 import zlib
 
-__all__ = ["crc32_combine", "crc32_parallel", "default_threads"]
+__all__ = ["crc32_combine", "crc32_of_range", "crc32_parallel", "default_threads", "pread_exact"]
 
 _POLY = 0xEDB88320  # CRC-32's polynomial, bit-reflected (as zlib computes it)
 _ONE = 1 << 31  # the polynomial 1 in the reflected representation
 #: Below this many bytes a buffer is hashed on one thread (starting threads would cost more).
 PARALLEL_MIN_BYTES = 64 << 20
+#: Bytes read per call by :func:`crc32_of_range`.
+READ_CHUNK = 1 << 20
 
 
 def _multiply(a: int, b: int) -> int:
@@ -70,6 +72,47 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
     if length2 <= 0:
         return crc1
     return _multiply(_shift(length2), crc1) ^ crc2
+
+
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes of ``fd`` at ``offset`` (the file position is left alone).
+
+    Raises:
+        EOFError: The file ends before ``offset + size``.
+    """
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise EOFError(f"file ended at byte {offset + len(data)} (expected {offset + size})")
+        data += more
+    return data
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)  # pragma: no cover - platforms without preadv
+    view[: len(data)] = data
+    return len(data)
+
+
+def crc32_of_range(fd: int, start: int, end: int, crc: int = 0) -> int:
+    """``zlib.crc32`` of bytes ``[start, end)`` of ``fd``, continuing ``crc``, read with ``preadv``
+    into one reused buffer (the file position is left alone).
+
+    Raises:
+        EOFError: The file ends before ``end``.
+    """
+    buffer = bytearray(min(READ_CHUNK, max(end - start, 1)))
+    view = memoryview(buffer)
+    while start < end:
+        got = _read_into(fd, view[: min(len(buffer), end - start)], start)
+        if got == 0:
+            raise EOFError(f"file ended at byte {start} (expected {end})")
+        crc = zlib.crc32(view[:got], crc)
+        start += got
+    return crc
 
 
 def default_threads() -> int:

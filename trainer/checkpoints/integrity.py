@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import attrs
 
 from trainer.checkpoints.archive import write_archive
-from trainer.checkpoints.crc import crc32_parallel
+from trainer.checkpoints.crc import crc32_of_range, crc32_parallel, pread_exact
 
 __all__ = [
     "ALGORITHM",
@@ -55,7 +55,6 @@ EOCD_SIZE = 22
 ZIP_SIGNATURE = b"PK\x03\x04"
 _COMMENT = re.compile(rb"statefuldata-checksum v(\d+) ([a-z0-9]+) ([0-9a-f]+)")
 _TAIL = EOCD_SIZE + 96  # the end record plus the longest comment we write, with room to spare
-_CHUNK = 1 << 20
 #: Files at least this large are hashed in a thread, overlapped with the load.
 OVERLAP_BYTES = 16 << 20
 #: Files at least this large are hashed through a memory map (no copy) on several threads.
@@ -113,36 +112,6 @@ def _comment(algorithm: str, digest: str) -> bytes:
     return f"statefuldata-checksum v1 {algorithm} {digest}".encode()
 
 
-def _pread_exact(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    while len(data) < size:
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            raise EOFError(f"file ended at byte {offset + len(data)} (expected {offset + size})")
-        data += more
-    return data
-
-
-def _read_into(fd: int, view: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [view], offset)
-    data = os.pread(fd, len(view), offset)  # pragma: no cover - platforms without preadv
-    view[: len(data)] = data
-    return len(data)
-
-
-def _digest_read(fd: int, length: int) -> int:
-    crc, offset, buffer = 0, 0, bytearray(min(_CHUNK, max(length, 1)))
-    view = memoryview(buffer)
-    while offset < length:
-        got = _read_into(fd, view[: min(len(buffer), length - offset)], offset)
-        if got == 0:
-            raise EOFError(f"file ended at byte {offset} (expected {length})")
-        crc = zlib.crc32(view[:got], crc)
-        offset += got
-    return crc
-
-
 def _digest_mapped(fd: int, length: int, threads: int | None) -> int:
     if os.fstat(fd).st_size < length:
         raise EOFError(f"file ended at byte {os.fstat(fd).st_size} (expected {length})")
@@ -164,13 +133,13 @@ def file_digest(fd: int, length: int, *, tail: bytes = b"", threads: int | None 
     if length >= MAP_BYTES and hasattr(mmap, "ACCESS_READ"):
         crc = _digest_mapped(fd, length, threads)
     else:
-        crc = _digest_read(fd, length)
+        crc = crc32_of_range(fd, 0, length)
     return f"{zlib.crc32(tail, crc):08x}"
 
 
 def read_trailer(fd: int, size: int) -> _Trailer | IntegrityReport | None:
     """The stored checksum, None for a file without one, or a report saying why the end is damaged."""
-    tail = _pread_exact(fd, min(size, _TAIL), max(size - _TAIL, 0))
+    tail = pread_exact(fd, min(size, _TAIL), max(size - _TAIL, 0))
     if tail[-EOCD_SIZE:-18] == EOCD_SIGNATURE and tail[-2:] == b"\x00\x00":
         return None  # a zip archive exactly as torch.save writes it: no comment, no checksum
     start = tail.rfind(EOCD_SIGNATURE)
@@ -188,7 +157,7 @@ def read_trailer(fd: int, size: int) -> _Trailer | IntegrityReport | None:
                 )
             return _Trailer(match[2].decode(), match[3].decode(), size - length)
         start = tail.rfind(EOCD_SIGNATURE, 0, start)
-    head = _pread_exact(fd, min(size, 4), 0)
+    head = pread_exact(fd, min(size, 4), 0)
     if head != ZIP_SIGNATURE:
         return None  # not a zip archive (e.g. torch's legacy format): nothing to verify here
     return IntegrityReport(
