@@ -520,3 +520,25 @@ def test_a_second_async_save_never_overwrites_the_buffers_of_a_write_in_flight(
         read_checkpoint(tmp_path / "latest.ckpt")["model_state_dict"]["big"],
         torch.full((1000,), 2.0),
     )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_snapshot_shared_among_copy_threads_in_slices_copies_every_byte(
+    monkeypatch: pytest.MonkeyPatch, shared: bool
+) -> None:
+    import trainer.checkpoints.snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "COPY_SLICE", 1000)  # slices end inside elements
+    monkeypatch.setattr(snapshot_module, "SHARE_BYTES", 1 if shared else 1 << 62)
+    generator = torch.Generator().manual_seed(0)
+    payload = {
+        "a": torch.randn(3001, generator=generator),
+        "b": [torch.randint(0, 1 << 30, (77, 13), generator=generator), torch.zeros(0)],
+        "c": torch.randn(5, 7, generator=generator).t(),
+    }
+    snap = StagingArea().snapshot(payload)
+    snap.wait()
+    assert torch.equal(snap.payload["a"], payload["a"])
+    assert torch.equal(snap.payload["b"][0], payload["b"][0]) and snap.payload["b"][1].numel() == 0
+    assert torch.equal(snap.payload["c"], payload["c"])
+    assert snap.payload["c"].stride() == payload["c"].stride()
