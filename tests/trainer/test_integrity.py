@@ -11,6 +11,7 @@ import stat
 import struct
 import traceback
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,35 @@ def test_forbidden_pickles_name_the_global_and_never_suggest_unsafe_loading(
     text = "".join(traceback.format_exception(info.value))  # the whole traceback a user sees
     assert "weights_only=False" not in text and "weights_only` set to `False" not in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_our_crc32_is_zlibs_whichever_computes_it_combined_parallel_and_from_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer.checkpoints import crc
+
+    monkeypatch.setattr(crc, "PARALLEL_MIN_BYTES", 1000)  # split 300 kB among the threads
+    rng = random.Random(7)
+    data = rng.randbytes(300_001)
+    for implementation in (crc._isal_crc32, None):  # ISA-L's (where installed), zlib's
+        monkeypatch.setattr(crc, "_isal_crc32", implementation)
+        for start in (0, 1, 0xDEADBEEF):
+            assert crc.crc32(data, start) == zlib.crc32(data, start)
+            assert crc.crc32(memoryview(data)[17:], start) == zlib.crc32(data[17:], start)
+    monkeypatch.undo()
+    monkeypatch.setattr(crc, "PARALLEL_MIN_BYTES", 1000)
+    for cut in (0, 1, 4096, 300_000, 300_001):
+        a, b = data[:cut], data[cut:]
+        assert crc.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(data)
+    view = memoryview(data)
+    for threads in (1, 2, 3):
+        assert crc.crc32_parallel(view, threads=threads, start=5) == zlib.crc32(data, 5)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert crc.crc32_of_range(fd, 10, 300_001, 3) == zlib.crc32(data[10:], 3)
+        assert crc.pread_exact(fd, 5, 299_990) == data[299_990:299_995]
+        with pytest.raises(EOFError, match=r"file ended at byte 300001 \(expected 300002\)"):
+            crc.crc32_of_range(fd, 0, 300_002)
+    finally:
+        os.close(fd)

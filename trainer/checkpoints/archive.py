@@ -29,13 +29,18 @@ import os
 import pickle
 import struct
 import sys
-import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 import torch
 
-from trainer.checkpoints.crc import crc32_combine, crc32_of_range, default_threads, pread_exact
+from trainer.checkpoints.crc import (
+    crc32,
+    crc32_combine,
+    crc32_of_range,
+    default_threads,
+    pread_exact,
+)
 
 __all__ = ["write_archive"]
 
@@ -115,9 +120,9 @@ class _HashingFile:
         pool = _pool() if size >= DEFER_BYTES else None
         crc: int | concurrent.futures.Future[int]
         try:
-            crc = zlib.crc32(view) if pool is None else pool.submit(zlib.crc32, view)
+            crc = crc32(view) if pool is None else pool.submit(crc32, view)
         except RuntimeError:  # the interpreter is exiting: no new threads
-            crc = zlib.crc32(view)
+            crc = crc32(view)
         self._pieces.append((self.offset, size, crc))  # recorded first: settle() waits for it
         self._f.write(view)
         if size >= DEFER_BYTES:  # written through (larger than the buffer): in the kernel now

@@ -7,9 +7,10 @@ comment (every record, the central directory and the end record with its comment
 readers, ``torch.load`` among them, ignore the comment, so the files still load with plain
 ``torch.load(path, weights_only=True)`` (also with ``mmap=True``).
 
-CRC-32 (zlib) is the algorithm: it finds every burst of up to 32 flipped bits and misses other
-damage with probability 2^-32. Saving hashes every byte once, the tensor data while the file is
-fsynced (:mod:`trainer.checkpoints.archive`; torch's own, slower, record CRCs are replaced by ours, so the
+CRC-32 (zlib's; computed by ISA-L where ``isal`` is installed, :func:`~trainer.checkpoints.crc.crc32`)
+is the algorithm: it finds every burst of up to 32 flipped bits and misses other damage with
+probability 2^-32. Saving hashes every byte once, the tensor data while it is written
+(:mod:`trainer.checkpoints.archive`; torch's own, slower, record CRCs are replaced by ours, so the
 archive stays a valid zip whose records ``zipfile`` checks). Checking maps the file and hashes it in
 place on up to 4 threads, while ``torch.load(mmap=True)`` reads the same open file
 (:mod:`trainer.checkpoints.loading`). ``python -m benchmarks checkpoint`` measures both.
@@ -28,13 +29,12 @@ import os
 import re
 import struct
 import threading
-import zlib
 from typing import Any, BinaryIO
 
 import attrs
 
 from trainer.checkpoints.archive import write_archive
-from trainer.checkpoints.crc import crc32_of_range, crc32_parallel, pread_exact
+from trainer.checkpoints.crc import crc32, crc32_of_range, crc32_parallel, pread_exact
 
 __all__ = [
     "ALGORITHM",
@@ -134,7 +134,7 @@ def file_digest(fd: int, length: int, *, tail: bytes = b"", threads: int | None 
         crc = _digest_mapped(fd, length, threads)
     else:
         crc = crc32_of_range(fd, 0, length)
-    return f"{zlib.crc32(tail, crc):08x}"
+    return f"{crc32(tail, crc):08x}"
 
 
 def read_trailer(fd: int, size: int) -> _Trailer | IntegrityReport | None:
@@ -246,8 +246,8 @@ def save_with_checksum(obj: Any, f: BinaryIO) -> None:
     """``torch.save(obj, f)`` with the checksum comment appended; every byte is hashed once.
 
     ``f`` must be a real file opened for reading and writing at its start (it has a ``fileno()``).
-    The data is fsynced here, while it is hashed; the caller flushes and fsyncs the file again
-    afterwards (the checksum comment and the patched record CRCs).
+    Nothing is fsynced here: the caller flushes and fsyncs the file once afterwards (the data,
+    the patched record CRCs and the checksum comment together).
 
     Raises:
         OSError: From the writes (e.g. ENOSPC); the file is then incomplete.
@@ -255,6 +255,6 @@ def save_with_checksum(obj: Any, f: BinaryIO) -> None:
     size, crc = write_archive(obj, f)
     comment = _comment(ALGORITHM, "0" * 8)
     length = struct.pack("<H", len(comment))
-    digest = f"{zlib.crc32(length, crc):08x}"
+    digest = f"{crc32(length, crc):08x}"
     os.pwrite(f.fileno(), length + _comment(ALGORITHM, digest), size - 2)
     f.seek(0, os.SEEK_END)
