@@ -7,7 +7,8 @@ each save after an untimed ``os.sync()`` (so none pays for the dirty pages or fr
 one before) and at least 9 kept rounds,
 ``torch.save`` through an atomic write (temp file, fsync, rename, fsync of the folder; no checksum),
 ours (``CheckpointManager.write_payload``: atomic, checksummed, ``latest`` moved, one fsync of the
-folder; it keeps 2 files, so rotation fires, in the background), DCP ``save`` and Fabric ``save``.
+folder; it keeps 2 files, so rotation fires, in the background; its manager holds the folder's
+writer lock throughout, as ``fit()`` does), DCP ``save`` and Fabric ``save``.
 **async save**: the time a training loop is blocked, for ours (the snapshot to host memory) and DCP's
 ``async_save``, and the time until the file is durable, against our synchronous save. **load**: a
 file ours wrote, by ``torch.load(mmap=True)`` (the baseline), ``torch.load``, ours
@@ -196,47 +197,58 @@ def _cold(variant: Variant, path: Path) -> float:
 
 def _measure(settings: Settings, plan: _Plan) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    cold = hasattr(os, "posix_fadvise")
     with _folder() as folder, Progress(settings, "checkpoint") as progress, quiet_logs("trainer"):
         p = peers.Peers(folder)
-        for i, size in enumerate(plan.sizes):
-            model, target = _model(size), _model(size, fill=False)
-            payload, path = _payload(model), folder / f"ours-{size}.ckpt"
-            write_checkpoint(path, payload)
-            data = path.read_bytes()
-            dcp_folder = None
-            if p.dcp is not None:
-                dcp_folder = folder / f"dcp-{size}"
-                p.write_dcp(payload, dcp_folder)
-            common: dict[str, Any] = {
-                "repeats": settings.repeats,
-                "warmup": settings.warmup if i == 0 else 1,
-                "progress": progress,
-            }
-            sections: list[tuple[str, dict[str, Variant]]] = [
-                ("save", _save_variants(p, payload, data, folder)),
-                ("async save", _async_variants(p, payload)),
-                ("load", _load_variants(p, path)),
-                ("restore", _restore_variants(p, target, path, dcp_folder)),
-            ]
-            if cold:
-                restores = _restore_variants(p, target, path, None)
-                chosen = (MMAP_RESTORE, "torch.load + load_state_dict", OURS_RESTORE)
-                evicted = {n: partial(_cold, restores[n], path) for n in chosen}
-                sections.append(("restore, cold cache", evicted))
-            for section, variants in sections:
-                baseline, kept = next(iter(variants)), common
-                if section in _DISK_SECTIONS:  # the disk is noisy: settle, and more rounds
-                    variants = {n: partial(_settled, v) for n, v in variants.items()}
-                    kept = {**common, "repeats": max(settings.repeats, DISK_REPEATS)}
-                rows += _rows(section, size, interleave(variants, **kept), baseline)
-            if size == plan.sizes[-1]:
-                hashes = {n: partial(clock, partial(_hash, h, data)) for n, h in HASHERS.items()}
-                hashes["crc32, threads (ours, on load)"] = partial(
-                    clock, partial(hash_in_threads, data)
-                )
-                rows += _rows("hash in memory", size, interleave(hashes, **common), "crc32")
-            del payload, data, model, target
+        try:
+            rows += _measure_sizes(settings, plan, p, folder, progress)
+        finally:
+            p.close()
+    return rows
+
+
+def _measure_sizes(
+    settings: Settings, plan: _Plan, p: peers.Peers, folder: Path, progress: Progress
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    cold = hasattr(os, "posix_fadvise")
+    for i, size in enumerate(plan.sizes):
+        model, target = _model(size), _model(size, fill=False)
+        payload, path = _payload(model), folder / f"ours-{size}.ckpt"
+        write_checkpoint(path, payload)
+        data = path.read_bytes()
+        dcp_folder = None
+        if p.dcp is not None:
+            dcp_folder = folder / f"dcp-{size}"
+            p.write_dcp(payload, dcp_folder)
+        common: dict[str, Any] = {
+            "repeats": settings.repeats,
+            "warmup": settings.warmup if i == 0 else 1,
+            "progress": progress,
+        }
+        sections: list[tuple[str, dict[str, Variant]]] = [
+            ("save", _save_variants(p, payload, data, folder)),
+            ("async save", _async_variants(p, payload)),
+            ("load", _load_variants(p, path)),
+            ("restore", _restore_variants(p, target, path, dcp_folder)),
+        ]
+        if cold:
+            restores = _restore_variants(p, target, path, None)
+            chosen = (MMAP_RESTORE, "torch.load + load_state_dict", OURS_RESTORE)
+            evicted = {n: partial(_cold, restores[n], path) for n in chosen}
+            sections.append(("restore, cold cache", evicted))
+        for section, variants in sections:
+            baseline, kept = next(iter(variants)), common
+            if section in _DISK_SECTIONS:  # the disk is noisy: settle, and more rounds
+                variants = {n: partial(_settled, v) for n, v in variants.items()}
+                kept = {**common, "repeats": max(settings.repeats, DISK_REPEATS)}
+            rows += _rows(section, size, interleave(variants, **kept), baseline)
+        if size == plan.sizes[-1]:
+            hashes = {n: partial(clock, partial(_hash, h, data)) for n, h in HASHERS.items()}
+            hashes["crc32, threads (ours, on load)"] = partial(
+                clock, partial(hash_in_threads, data)
+            )
+            rows += _rows("hash in memory", size, interleave(hashes, **common), "crc32")
+        del payload, data, model, target
     return rows
 
 
