@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import logging
 import os
 import random
@@ -315,3 +316,31 @@ def test_our_crc32_is_zlibs_whichever_computes_it_combined_parallel_and_from_fil
             crc.crc32_of_range(fd, 0, 300_002)
     finally:
         os.close(fd)
+
+
+def test_writeback_is_started_in_steps_over_the_data_and_the_file_stays_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, int]] = []
+    real = archive._start_writeback
+
+    def spy(fd: int, offset: int, size: int) -> None:
+        started.append((offset, size))
+        real(fd, offset, size)  # the real sync_file_range where there is one
+
+    monkeypatch.setattr(archive, "_start_writeback", spy)
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)
+    monkeypatch.setattr(archive, "WRITEBACK_BYTES", 8192)
+    data = payload(4)
+    data["model_state_dict"].update({f"t{i}": torch.full((3000,), float(i)) for i in range(5)})
+    path = write_checkpoint(tmp_path / "a.ckpt", data)
+    assert len(started) >= 2 and started[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(started))  # contiguous steps
+    assert all(n >= 8192 for _, n in started) and sum(started[-1]) <= path.stat().st_size
+    assert check_integrity(path).status is IntegrityStatus.VERIFIED
+    loaded = read_checkpoint(path)["model_state_dict"]
+    assert all(torch.equal(loaded[f"t{i}"], torch.full((3000,), float(i))) for i in range(5))
+    started.clear()
+    monkeypatch.setattr(archive, "WRITEBACK_BYTES", 1 << 40)  # a small file: left to the fsync
+    write_checkpoint(tmp_path / "b.ckpt", data)
+    assert started == []

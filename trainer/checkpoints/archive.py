@@ -57,6 +57,8 @@ _Piece = tuple[int, int, "int | concurrent.futures.Future[int]"]  # (offset, siz
 #: Start the disk on each large write at once (Linux ``sync_file_range``), so the one fsync
 #: at the end waits for what is left, not for the whole file.
 START_WRITEBACK = True
+#: ... in steps of this many bytes (a small file is left to the fsync: starting it costs more).
+WRITEBACK_BYTES = 16 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -112,6 +114,7 @@ class _HashingFile:
         self._f = f
         self._fd = f.fileno()
         self.offset = 0
+        self._started = 0  # writeback was started for the bytes before this offset
         self._pieces: list[_Piece] = []
 
     def write(self, data: Any) -> int:
@@ -125,9 +128,11 @@ class _HashingFile:
             crc = crc32(view)
         self._pieces.append((self.offset, size, crc))  # recorded first: settle() waits for it
         self._f.write(view)
-        if size >= DEFER_BYTES:  # written through (larger than the buffer): in the kernel now
-            _start_writeback(self._fd, self.offset, size)
         self.offset += size
+        if size >= DEFER_BYTES and self.offset - self._started >= WRITEBACK_BYTES:
+            self._f.flush()  # (a no-op: a large write goes through the buffer)
+            _start_writeback(self._fd, self._started, self.offset - self._started)
+            self._started = self.offset
         return size
 
     def flush(self) -> None:
