@@ -324,8 +324,9 @@ NOTES = [
     "the model state only (a folder of two files, fsynced) and loads into the model's tensors",
     "load: an exact checksum reads every byte, which torch.load(mmap=True) does not (its tensors "
     "are read when used), so 1.2x of it is out of reach for any verified load: the floor is one "
-    "CRC-32 pass over the file (its row; ours overlaps the load with it); restore copies every "
-    "byte, and ours checks the checksum meanwhile",
+    "CRC-32 pass over the file (its row; ours overlaps the load with it; the CRC-32 is ISA-L's "
+    "where the optional isal package is installed, zlib's otherwise: see the hash rows); restore "
+    "copies every byte, and ours checks the checksum meanwhile",
     "save: ours writes each tensor while a helper thread hashes it, asks the kernel to start "
     "writing it to disk at once (sync_file_range on Linux; the raw baseline only fsyncs at the "
     "end) and fsyncs the file once and the folder once",
