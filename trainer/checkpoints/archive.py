@@ -4,8 +4,10 @@
 checkpoint's own checksum needs a CRC-32 of the whole file on top. :func:`write_archive` writes the
 same archive through torch's zip writer with its CRCs off. Small writes (headers, the pickle) are
 hashed as they go; each large one (tensor data) is hashed by a helper thread from the very buffer
-being written, while the writing thread copies it into the file (both release the GIL), so the
-hashing costs no time of its own where a core is free. Then each record's CRC-32 is put where torch
+being written, while the writing thread copies it into the file (both release the GIL; the write
+waits for its hash before it returns, as the buffer is torch's), so the hashing costs no time of
+its own where a core is free. Every 16 MiB the kernel is asked to start writing to disk
+(``sync_file_range`` on Linux), so the disk works while the rest is written. Then each record's CRC-32 is put where torch
 would have put it (its data descriptor and its central directory entry, so ``zipfile`` and ``unzip
 -t`` still check every record), and the CRC of the whole file is combined from the pieces' CRCs
 (:func:`~trainer.checkpoints.crc.crc32_combine`): only the few hundred bytes of headers and the
@@ -53,7 +55,6 @@ COMBINE_BYTES = 64 << 10
 _LOCAL, _CENTRAL, _DESCRIPTOR = b"PK\x03\x04", b"PK\x01\x02", b"PK\x07\x08"
 _EOCD, _ZIP64_EOCD, _ZIP64_LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
 _FULL32 = 0xFFFFFFFF
-_Piece = tuple[int, int, "int | concurrent.futures.Future[int]"]  # (offset, size, crc32)
 #: Start the disk on each large write at once (Linux ``sync_file_range``), so the one fsync
 #: at the end waits for what is left, not for the whole file.
 START_WRITEBACK = True
@@ -106,8 +107,8 @@ class _HashingFile:
     """The file object torch's zip writer writes to: each write goes on, and is hashed.
 
     Small writes (headers, the pickle) are hashed at once; large ones (tensor data) by a helper
-    thread, from the buffer being written, while this thread writes it. :meth:`crcs` waits for
-    them: call it (or :meth:`settle`) before the buffers may go away.
+    thread while this thread writes them. Each write waits for its hash before it returns: the
+    buffer is torch's, valid only during the call.
     """
 
     def __init__(self, f: BinaryIO) -> None:
@@ -115,19 +116,21 @@ class _HashingFile:
         self._fd = f.fileno()
         self.offset = 0
         self._started = 0  # writeback was started for the bytes before this offset
-        self._pieces: list[_Piece] = []
+        self.pieces: list[tuple[int, int, int]] = []  # (offset, size, crc32) of every write
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         size = view.nbytes
         pool = _pool() if size >= DEFER_BYTES else None
-        crc: int | concurrent.futures.Future[int]
+        hashing: concurrent.futures.Future[int] | None = None
+        if pool is not None:
+            with contextlib.suppress(RuntimeError):  # the interpreter is exiting: hash here
+                hashing = pool.submit(crc32, view)
         try:
-            crc = crc32(view) if pool is None else pool.submit(crc32, view)
-        except RuntimeError:  # the interpreter is exiting: no new threads
-            crc = crc32(view)
-        self._pieces.append((self.offset, size, crc))  # recorded first: settle() waits for it
-        self._f.write(view)
+            self._f.write(view)
+        finally:
+            crc = crc32(view) if hashing is None else hashing.result()  # never left running
+        self.pieces.append((self.offset, size, crc))
         self.offset += size
         if size >= DEFER_BYTES and self.offset - self._started >= WRITEBACK_BYTES:
             self._f.flush()  # (a no-op: a large write goes through the buffer)
@@ -137,15 +140,6 @@ class _HashingFile:
 
     def flush(self) -> None:
         self._f.flush()
-
-    def settle(self) -> None:
-        """Wait for the hashes in flight (they read the writer's buffers)."""
-        concurrent.futures.wait([c for _, _, c in self._pieces if not isinstance(c, int)])
-
-    def crcs(self) -> list[tuple[int, int, int]]:
-        """``(offset, size, crc32)`` of every write, in order."""
-        self.settle()
-        return [(o, n, c if isinstance(c, int) else c.result()) for o, n, c in self._pieces]
 
 
 def _layout_error(what: str) -> RuntimeError:
@@ -303,16 +297,13 @@ def write_archive(obj: Any, f: BinaryIO) -> tuple[int, int]:
         RuntimeError: The archive torch wrote is not laid out as expected (nothing is patched).
     """
     hashing = _HashingFile(f)
-    try:
-        own_crcs = _save_with_torch_writer(obj, hashing)
-        if not own_crcs:
-            logger.debug("torch's zip writer API is not available; using torch.save")
-            torch.save(obj, cast(BinaryIO, hashing))  # it only writes and flushes
-    finally:
-        hashing.settle()  # the hashes read the tensors' memory: never leave one running
+    own_crcs = _save_with_torch_writer(obj, hashing)
+    if not own_crcs:
+        logger.debug("torch's zip writer API is not available; using torch.save")
+        torch.save(obj, cast(BinaryIO, hashing))  # it only writes and flushes
     f.flush()
     fd, size = f.fileno(), hashing.offset
-    pieces = _Pieces(hashing.crcs())
+    pieces = _Pieces(hashing.pieces)
     if own_crcs:
         patched = _patch_crcs(fd, pieces, size)
     else:
