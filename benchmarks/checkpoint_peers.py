@@ -119,20 +119,33 @@ class Peers:
         self._count += 1
         return self.root / f"{name}-{self._count}"
 
-    def manager(self, name: str, **config: Any) -> CheckpointManager:
-        """A manager of its own folder, keeping 2 files (rotation fires from the third save)."""
+    def manager(self, name: str, *, writer: bool = False, **config: Any) -> CheckpointManager:
+        """A manager of its own folder, keeping 2 files (rotation fires from the third save).
+
+        A ``writer`` holds the folder's writer lock from its first use to :meth:`close`, as
+        ``fit()`` does for a whole run (so a save does not take and give back the lock).
+        """
         from trainer.config import CheckpointConfig
 
         if name not in self._managers:
             folder = self.root / name
-            self._managers[name] = CheckpointManager(
+            manager = CheckpointManager(
                 CheckpointConfig(root_dir=folder, max_checkpoints=2, **config)
             )
+            if writer:
+                manager.acquire()
+            self._managers[name] = manager
         return self._managers[name]
+
+    def close(self) -> None:
+        """Give back the writer locks (after the saves in flight)."""
+        for manager in self._managers.values():
+            while manager.holds_lock:
+                manager.release()
 
     def ours_sync(self, payload: Mapping[str, Any]) -> float:
         """``CheckpointManager.write_payload``: file, latest, one folder fsync (rotation after)."""
-        manager = self.manager("ours-sync")
+        manager = self.manager("ours-sync", writer=True)
         self._count += 1
         start = time.perf_counter()
         manager.write_payload(payload, epoch=0, global_step=self._count, metrics=None)
@@ -142,7 +155,7 @@ class Peers:
 
     def ours_async(self, payload: Mapping[str, Any], *, until_durable: bool) -> float:
         """``write_payload_async``: the stall (snapshot), or the stall plus the wait."""
-        manager = self.manager("ours-async", async_save=True)
+        manager = self.manager("ours-async", writer=True, async_save=True)
         self._count += 1
         start = time.perf_counter()
         manager.write_payload_async(payload, epoch=0, global_step=self._count, metrics=None)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from trainer.checkpoints.crc import crc32_parallel
+from trainer.checkpoints.crc import FAST_CRC32, crc32, crc32_parallel
 
 __all__ = ["HASHERS", "hash_in_threads"]
 
@@ -37,6 +37,14 @@ class Crc32:
 
     def hexdigest(self) -> str:
         return f"{self.value:08x}"
+
+
+class Crc32Ours(Crc32):
+    """The same CRC-32 as :class:`Crc32`, by :func:`trainer.checkpoints.crc.crc32` (ISA-L's where
+    the optional ``isal`` package is installed)."""
+
+    def update(self, data: Any) -> None:
+        self.value = crc32(data, self.value)
 
 
 class WordSum:
@@ -78,6 +86,7 @@ class WordSum:
 
 HASHERS: dict[str, Callable[[], Hasher]] = {
     "crc32": Crc32,
+    "crc32, ours (" + ("ISA-L" if FAST_CRC32 else "zlib: isal not installed") + ")": Crc32Ours,
     "sha1": hashlib.sha1,
     "sha256": hashlib.sha256,
     "blake2b": hashlib.blake2b,
@@ -86,5 +95,6 @@ HASHERS: dict[str, Callable[[], Hasher]] = {
 
 
 def hash_in_threads(data: bytes) -> str:
-    """CRC-32 of ``data`` split over the usable cores (at most 4), as checkpoint loads verify."""
+    """CRC-32 of ``data`` split over the usable cores (at most 4), as checkpoint loads verify
+    (ISA-L's where ``isal`` is installed)."""
     return f"{crc32_parallel(memoryview(data)):08x}"

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -33,6 +32,7 @@ from trainer import (
     PerformanceConfig,
 )
 from trainer.checkpoints import build_payload, read_checkpoint
+from trainer.checkpoints.background import BackgroundJob
 from trainer.checkpoints.commit import FolderCommitter
 from trainer.checkpoints.integrity import IntegrityStatus, check_integrity
 from trainer.checkpoints.lock import LOCK_NAME
@@ -416,45 +416,62 @@ def test_an_interpreter_exiting_with_an_async_save_in_flight_finishes_it(tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_a_snapshot_copies_every_tensor_keeping_views_ties_and_strides() -> None:
-    base = torch.arange(24.0).reshape(4, 6)
-    state = torch.nn.Linear(3, 2).state_dict()  # an OrderedDict carrying _metadata
-    payload = {
-        "model": state,
-        "tied": [base, base],  # one storage, twice
-        "view": base[1:, ::2],  # offset and strides into the same storage
-        "transposed": base.t(),
-        "param": torch.nn.Parameter(torch.ones(3)),
-        "ints": torch.arange(5),
-        "empty": torch.zeros(0),
-        "rng": (3, tuple(range(625)), None),
-        "history": {"loss": [[1, 0.5], [2, 0.25]]},
-    }
-    expected = {
-        k: [t.clone() for t in v] if k == "tied" else v.clone()
-        for k, v in payload.items()
-        if k in ("tied", "view", "transposed", "param", "ints")
-    }
-    staging = StagingArea()
-    snap = staging.snapshot(payload)
-    snap.wait()
-    first_buffer = snap.payload["tied"][0].untyped_storage().data_ptr()
-    with torch.no_grad():  # training goes on: the snapshot must not see it
-        base.add_(100.0)
-        payload["param"].mul_(7.0)
-    copy = snap.payload
-    assert all(torch.equal(a, b) for a, b in zip(copy["tied"], expected["tied"], strict=True))
-    for key in ("view", "transposed", "param", "ints"):
-        assert torch.equal(copy[key], expected[key]) and copy[key].stride() == payload[key].stride()
-    ptr = copy["tied"][0].untyped_storage().data_ptr
-    assert ptr() == copy["tied"][1].untyped_storage().data_ptr()  # still tied
-    assert copy["view"].untyped_storage().data_ptr() == ptr() != base.untyped_storage().data_ptr()
-    assert type(copy["param"]) is torch.nn.Parameter and copy["param"].requires_grad
-    assert copy["model"]._metadata == state._metadata and list(copy["model"]) == list(state)
-    assert copy["rng"] == payload["rng"] and copy["history"] == payload["history"]
-    assert copy["history"]["loss"] is not payload["history"]["loss"]  # containers rebuilt
-    again = staging.snapshot(payload).payload  # the buffers are reused, with the new values
-    assert again["tied"][0].untyped_storage().data_ptr() == first_buffer
-    assert torch.equal(again["view"], base[1:, ::2])
-    with pytest.raises(TypeError, match=r"payload\['history'\]\['x'\] is a numpy.ndarray"):
-        staging.snapshot({"history": {"x": np.zeros(2)}})
+def test_a_second_async_save_never_overwrites_the_buffers_of_a_write_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = CheckpointManager(CheckpointConfig(root_dir=tmp_path, async_save=True))
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("big", torch.full((1000,), 1.0))
+
+    def payload_now(step: int) -> dict:
+        return build_payload(
+            model=model,
+            optimizers=[],
+            schedulers=[],
+            scaler_state=None,
+            rng_states=None,
+            dataloader_manager_state=None,
+            resume_state=ResumeState(global_step=step),
+            epoch=0,
+            global_step=step,
+        )
+
+    held = _HeldCommits(monkeypatch, hold=1)  # the first write stays in flight ...
+    original_snapshot, original_wait = StagingArea.snapshot, BackgroundJob.wait
+
+    def snapshot_spy(staging, payload):
+        held.events.append(("snapshot", payload["global_step"]))
+        return original_snapshot(staging, payload)
+
+    def wait_spy(job, **kwargs):
+        if threading.current_thread().name == "second save" and not held.release.is_set():
+            held.events.append(("second save waits", 2))
+            held.release.set()  # ... until the second save waits for it
+        original_wait(job, **kwargs)
+
+    monkeypatch.setattr(StagingArea, "snapshot", snapshot_spy)
+    first = manager.write_payload(payload_now(1), epoch=0, global_step=1, metrics=None)
+    staged = manager._saver.staging.nbytes
+    with torch.no_grad():
+        model.big.fill_(2.0)  # the next step changes the tensor the first snapshot copied
+    monkeypatch.setattr(BackgroundJob, "wait", wait_spy)
+    second = threading.Thread(
+        name="second save",
+        target=manager.write_payload,
+        args=(payload_now(2),),
+        kwargs={"epoch": 0, "global_step": 2, "metrics": None},
+    )
+    second.start()
+    second.join(timeout=60)
+    assert not second.is_alive()
+    manager.wait()
+    # the second snapshot, into the same reused buffers, came only after the first write ended
+    events = held.events
+    assert events.index(("second save waits", 2)) < events.index(("end", 1))
+    assert events.index(("end", 1)) < events.index(("snapshot", 2)) < events.index(("start", 2))
+    assert events.count(("snapshot", 2)) == 1 and manager._saver.staging.nbytes == staged
+    assert torch.equal(read_checkpoint(first)["model_state_dict"]["big"], torch.full((1000,), 1.0))
+    assert torch.equal(
+        read_checkpoint(tmp_path / "latest.ckpt")["model_state_dict"]["big"],
+        torch.full((1000,), 2.0),
+    )

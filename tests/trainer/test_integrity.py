@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import logging
 import os
 import random
+import stat
 import struct
 import traceback
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,14 +132,13 @@ def test_large_files_are_hashed_in_a_thread_with_the_same_digest(
         read_checkpoint(path)
 
 
-@pytest.mark.parametrize(("threads", "overlap"), [(1, True), (3, True), (2, False)])
-def test_large_writes_hashed_while_fsyncing_give_torch_saves_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int, overlap: bool
+@pytest.mark.parametrize("hashing", ["by a helper thread", "inline"])
+def test_large_writes_hashed_while_written_give_torch_saves_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashing: str
 ) -> None:
-    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # every tensor hashed from the file
-    if overlap:  # while the data is fsynced (else before the one fsync: a small file)
-        monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
-    monkeypatch.setattr(archive, "default_threads", lambda: threads)
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # every tensor hashed apart
+    if hashing == "inline":  # no helper threads (an exiting interpreter)
+        monkeypatch.setattr(archive, "_pool", lambda: None)
     data = payload(6)
     data["model_state_dict"]["more"] = torch.arange(5000.0)
     path = write_checkpoint(tmp_path / "a.ckpt", data)
@@ -153,17 +155,36 @@ def test_large_writes_hashed_while_fsyncing_give_torch_saves_bytes(
     assert check_integrity(path).status is IntegrityStatus.VERIFIED
 
 
-def test_an_fsync_error_while_hashing_fails_the_save(
+def test_a_save_fsyncs_the_file_once_and_the_folder_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    manager = CheckpointManager(CheckpointConfig(root_dir=tmp_path, max_checkpoints=1))
+    manager.write_payload(payload(1), epoch=0, global_step=1, metrics=None)
+    manager.wait()
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)  # the large-write path, on a small file
+    path = manager.write_payload(payload(2), epoch=0, global_step=2, metrics=None)
+    manager.wait()  # rotation (one unlink, no fsync)
+    assert synced == ["file", "folder"]
+    assert [p.name for p in sorted(tmp_path.glob("*.ckpt"))] == sorted([path.name, "latest.ckpt"])
+    assert read_checkpoint(tmp_path / "latest.ckpt")["global_step"] == 2
+
+
+def test_an_fsync_error_fails_the_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_checkpoint(tmp_path / "a.ckpt", payload(1))
 
     def failing(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(archive, "DEFER_BYTES", 1024)
-    monkeypatch.setattr(archive, "OVERLAP_BYTES", 1)
-    monkeypatch.setattr(archive.os, "fsync", failing)  # the data's fsync, on the helper thread
+    monkeypatch.setattr(os, "fsync", failing)
     with pytest.raises(CheckpointWriteError, match="Input/output error"):
         write_checkpoint(tmp_path / "a.ckpt", payload(2))
     monkeypatch.undo()
@@ -263,3 +284,63 @@ def test_forbidden_pickles_name_the_global_and_never_suggest_unsafe_loading(
     text = "".join(traceback.format_exception(info.value))  # the whole traceback a user sees
     assert "weights_only=False" not in text and "weights_only` set to `False" not in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_our_crc32_is_zlibs_whichever_computes_it_combined_parallel_and_from_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer.checkpoints import crc
+
+    monkeypatch.setattr(crc, "PARALLEL_MIN_BYTES", 1000)  # split 300 kB among the threads
+    rng = random.Random(7)
+    data = rng.randbytes(300_001)
+    for implementation in (crc._isal_crc32, None):  # ISA-L's (where installed), zlib's
+        monkeypatch.setattr(crc, "_isal_crc32", implementation)
+        for start in (0, 1, 0xDEADBEEF):
+            assert crc.crc32(data, start) == zlib.crc32(data, start)
+            assert crc.crc32(memoryview(data)[17:], start) == zlib.crc32(data[17:], start)
+    monkeypatch.undo()
+    monkeypatch.setattr(crc, "PARALLEL_MIN_BYTES", 1000)
+    for cut in (0, 1, 4096, 300_000, 300_001):
+        a, b = data[:cut], data[cut:]
+        assert crc.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(data)
+    view = memoryview(data)
+    for threads in (1, 2, 3):
+        assert crc.crc32_parallel(view, threads=threads, start=5) == zlib.crc32(data, 5)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert crc.crc32_of_range(fd, 10, 300_001, 3) == zlib.crc32(data[10:], 3)
+        assert crc.pread_exact(fd, 5, 299_990) == data[299_990:299_995]
+        with pytest.raises(EOFError, match=r"file ended at byte 300001 \(expected 300002\)"):
+            crc.crc32_of_range(fd, 0, 300_002)
+    finally:
+        os.close(fd)
+
+
+def test_writeback_is_started_in_steps_over_the_data_and_the_file_stays_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, int]] = []
+    real = archive._start_writeback
+
+    def spy(fd: int, offset: int, size: int) -> None:
+        started.append((offset, size))
+        real(fd, offset, size)  # the real sync_file_range where there is one
+
+    monkeypatch.setattr(archive, "_start_writeback", spy)
+    monkeypatch.setattr(archive, "DEFER_BYTES", 1024)
+    monkeypatch.setattr(archive, "WRITEBACK_BYTES", 8192)
+    data = payload(4)
+    data["model_state_dict"].update({f"t{i}": torch.full((3000,), float(i)) for i in range(5)})
+    path = write_checkpoint(tmp_path / "a.ckpt", data)
+    assert len(started) >= 2 and started[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(started))  # contiguous steps
+    assert all(n >= 8192 for _, n in started) and sum(started[-1]) <= path.stat().st_size
+    assert check_integrity(path).status is IntegrityStatus.VERIFIED
+    loaded = read_checkpoint(path)["model_state_dict"]
+    assert all(torch.equal(loaded[f"t{i}"], torch.full((3000,), float(i))) for i in range(5))
+    started.clear()
+    monkeypatch.setattr(archive, "WRITEBACK_BYTES", 1 << 40)  # a small file: left to the fsync
+    write_checkpoint(tmp_path / "b.ckpt", data)
+    assert started == []

@@ -1,16 +1,18 @@
-"""``torch.save``'s zip archive, written once, each byte hashed once, the hashing hidden in the fsync.
+"""``torch.save``'s zip archive, written once, each byte hashed once, the hashing hidden in the write.
 
 ``torch.save`` computes the CRC-32 of every zip record itself (miniz, about 1 GB/s), and the
 checkpoint's own checksum needs a CRC-32 of the whole file on top. :func:`write_archive` writes the
 same archive through torch's zip writer with its CRCs off. Small writes (headers, the pickle) are
-hashed as they go; the large ones (tensor data) are hashed afterwards from the file's pages, on the
-usable cores, while a helper thread fsyncs the file: the disk is the bottleneck then and the cores
-are idle, so a checksummed save costs what the write and the fsync cost. Then each record's CRC-32
-is put where torch would have put it (its data descriptor and its central directory entry, so
-``zipfile`` and ``unzip -t`` still check every record), and the CRC of the whole file is combined
-from the pieces' CRCs (:func:`~trainer.checkpoints.crc.crc32_combine`): only the few hundred bytes of
-headers and the central directory are read back. The caller's own fsync then writes those few
-patched pages.
+hashed as they go; each large one (tensor data) is hashed by a helper thread from the very buffer
+being written, while the writing thread copies it into the file (both release the GIL; the write
+waits for its hash before it returns, as the buffer is torch's), so the hashing costs no time of
+its own where a core is free. Every 16 MiB the kernel is asked to start writing to disk
+(``sync_file_range`` on Linux), so the disk works while the rest is written. Then each record's CRC-32 is put where torch
+would have put it (its data descriptor and its central directory entry, so ``zipfile`` and ``unzip
+-t`` still check every record), and the CRC of the whole file is combined from the pieces' CRCs
+(:func:`~trainer.checkpoints.crc.crc32_combine`): only the few hundred bytes of headers and the
+central directory are read back. Nothing is fsynced here: the caller's **one** fsync writes the
+data and the patched pages together.
 
 The result is byte for byte what ``torch.save`` writes. Where torch's private writer API is not
 there (another torch version), :func:`write_archive` falls back to ``torch.save`` and hashes its
@@ -19,44 +21,82 @@ writes the same way.
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import contextlib
+import ctypes
+import functools
 import logging
-import mmap
 import os
 import pickle
 import struct
-import zlib
+import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 import torch
 
-from trainer.checkpoints.crc import crc32_combine, default_threads
+from trainer.checkpoints.crc import (
+    crc32,
+    crc32_combine,
+    crc32_of_range,
+    default_threads,
+    pread_exact,
+)
 
 __all__ = ["write_archive"]
 
 logger = logging.getLogger(__name__)
 
-#: Writes at least this large are hashed after the write, while the file is fsynced.
+#: Writes at least this large are hashed by a helper thread while they are written.
 DEFER_BYTES = 1 << 20
-#: Below this many deferred bytes they are hashed before the caller's one fsync instead (hashing
-#: 8 MiB costs about what the extra fsync of the patched headers would).
-OVERLAP_BYTES = 8 << 20
 #: Pieces at least this large keep the CRC taken while writing; smaller ones are read back.
 COMBINE_BYTES = 64 << 10
 _LOCAL, _CENTRAL, _DESCRIPTOR = b"PK\x03\x04", b"PK\x01\x02", b"PK\x07\x08"
 _EOCD, _ZIP64_EOCD, _ZIP64_LOCATOR = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
 _FULL32 = 0xFFFFFFFF
+#: Start the disk on each large write at once (Linux ``sync_file_range``), so the one fsync
+#: at the end waits for what is left, not for the whole file.
+START_WRITEBACK = True
+#: ... in steps of this many bytes (a small file is left to the fsync: starting it costs more).
+WRITEBACK_BYTES = 16 << 20
+_SYNC_FILE_RANGE_WRITE = 2
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The process's checkpoint helper threads (kept: a thread start costs milliseconds on a busy
-    machine): one fsyncs a file while the others hash it."""
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # pragma: no cover - a libc without it
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+def _start_writeback(fd: int, offset: int, size: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset + size)`` to disk, without waiting.
+
+    Only a head start: durability still comes from the caller's fsync (an error here is ignored,
+    the fsync reports it).
+    """
+    function = _sync_file_range() if START_WRITEBACK else None
+    if function is not None:
+        function(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor | None:
+    """The process's hashing threads (kept: a thread start costs milliseconds on a busy machine);
+    None when the interpreter is exiting (no new threads: the writer hashes itself)."""
     global _POOL
     if _POOL is None:
-        _POOL = concurrent.futures.ThreadPoolExecutor(
-            max_workers=default_threads(), thread_name_prefix="checkpoint-save"
-        )
+        with contextlib.suppress(RuntimeError):
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, default_threads() - 1), thread_name_prefix="checkpoint-hash"
+            )
     return _POOL
 
 
@@ -64,99 +104,42 @@ _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 class _HashingFile:
-    """The file object torch's zip writer writes to: each write goes on, and is recorded.
+    """The file object torch's zip writer writes to: each write goes on, and is hashed.
 
-    Small writes (headers, the pickle) are hashed at once; large ones (tensor data) are hashed
-    later, from the file's pages, while the disk writes them (:func:`_hash_while_syncing`).
+    Small writes (headers, the pickle) are hashed at once; large ones (tensor data) by a helper
+    thread while this thread writes them. Each write waits for its hash before it returns: the
+    buffer is torch's, valid only during the call.
     """
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
+        self._fd = f.fileno()
         self.offset = 0
-        self.pieces: list[tuple[int, int, int | None]] = []  # (offset, size, crc32 or None)
+        self._started = 0  # writeback was started for the bytes before this offset
+        self.pieces: list[tuple[int, int, int]] = []  # (offset, size, crc32) of every write
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         size = view.nbytes
-        self._f.write(view)
-        self.pieces.append((self.offset, size, None if size >= DEFER_BYTES else zlib.crc32(view)))
+        pool = _pool() if size >= DEFER_BYTES else None
+        hashing: concurrent.futures.Future[int] | None = None
+        if pool is not None:
+            with contextlib.suppress(RuntimeError):  # the interpreter is exiting: hash here
+                hashing = pool.submit(crc32, view)
+        try:
+            self._f.write(view)
+        finally:
+            crc = crc32(view) if hashing is None else hashing.result()  # never left running
+        self.pieces.append((self.offset, size, crc))
         self.offset += size
+        if size >= DEFER_BYTES and self.offset - self._started >= WRITEBACK_BYTES:
+            self._f.flush()  # (a no-op: a large write goes through the buffer)
+            _start_writeback(self._fd, self._started, self.offset - self._started)
+            self._started = self.offset
         return size
 
     def flush(self) -> None:
         self._f.flush()
-
-
-def _crc_spans(fd: int, size: int, spans: list[tuple[int, int]]) -> list[int]:
-    """The CRC-32 of each ``(offset, length)`` of the file, through a read-only map."""
-    try:
-        mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-    except (OSError, ValueError, AttributeError):  # no map here: positional reads
-        return [_crc_of_range(fd, offset, offset + length) for offset, length in spans]
-    with mapped:
-        crcs = []
-        with memoryview(mapped) as view:
-            for offset, length in spans:
-                with view[offset : offset + length] as part:
-                    crcs.append(zlib.crc32(part))
-        return crcs
-
-
-def _hash_while_syncing(
-    fd: int, pieces: list[tuple[int, int, int | None]], size: int
-) -> list[tuple[int, int, int]]:
-    """Fill in the CRCs of the large writes, hashing the file while a helper thread fsyncs it.
-
-    The fsync keeps the disk busy and leaves the cores free, so the hashing (over the usable
-    cores) costs no time of its own. An fsync error is raised here: the caller's later fsync
-    could succeed after the kernel dropped the unwritten pages.
-    """
-    todo = [(offset, length) for offset, length, crc in pieces if crc is None]
-    if sum(length for _, length in todo) < OVERLAP_BYTES:
-        found = iter(_crc_spans(fd, size, todo) if todo else [])
-        return [(o, n, next(found) if c is None else c) for o, n, c in pieces]
-    groups = max(1, min(default_threads() - 1, len(todo)))
-    per = -(-len(todo) // groups)
-    parts = [todo[i : i + per] for i in range(0, len(todo), per)]
-    futures: list[concurrent.futures.Future[Any]] = []
-    try:
-        pool = _pool()
-        futures.append(pool.submit(os.fsync, fd))
-        futures += [pool.submit(_crc_spans, fd, size, part) for part in parts[1:]]
-    except RuntimeError:  # the interpreter is exiting (no new threads): one after the other
-        concurrent.futures.wait(futures)
-        if not futures:
-            os.fsync(fd)
-        futures = futures[:1]
-        parts = [todo]
-    try:
-        crcs = _crc_spans(fd, size, parts[0])
-        for future in futures[1:]:
-            crcs += future.result()
-    finally:
-        concurrent.futures.wait(futures)
-    if futures:
-        futures[0].result()  # the fsync's error, if any
-    found = iter(crcs)
-    return [(o, n, next(found) if c is None else c) for o, n, c in pieces]
-
-
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    while len(data) < size:
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            raise EOFError(f"file ended at byte {offset + len(data)} (expected {offset + size})")
-        data += more
-    return data
-
-
-def _crc_of_range(fd: int, start: int, end: int, crc: int = 0) -> int:
-    while start < end:
-        chunk = _pread(fd, min(end - start, 1 << 20), start)
-        crc = zlib.crc32(chunk, crc)
-        start += len(chunk)
-    return crc
 
 
 def _layout_error(what: str) -> RuntimeError:
@@ -168,16 +151,16 @@ def _layout_error(what: str) -> RuntimeError:
 
 def _central_directory(fd: int, size: int) -> tuple[int, int, int]:
     """``(offset, size, entries)`` of the central directory, from the (zip64) end records."""
-    end = _pread(fd, 22, size - 22)
+    end = pread_exact(fd, 22, size - 22)
     if end[:4] != _EOCD or end[-2:] != b"\x00\x00":
         raise _layout_error(f"no empty zip end record at its end (got {end!r})")
     entries, cd_size, cd_offset = struct.unpack_from("<HII", end, 10)
     if _FULL32 in (cd_size, cd_offset) or entries == 0xFFFF:
-        locator = _pread(fd, 20, size - 42)
+        locator = pread_exact(fd, 20, size - 42)
         if locator[:4] != _ZIP64_LOCATOR:
             raise _layout_error("a zip64 archive without its locator")
         (record_at,) = struct.unpack_from("<Q", locator, 8)
-        record = _pread(fd, 56, record_at)
+        record = pread_exact(fd, 56, record_at)
         if record[:4] != _ZIP64_EOCD:
             raise _layout_error("a zip64 locator pointing at no zip64 end record")
         entries, cd_size, cd_offset = struct.unpack_from("<QQQ", record, 32)
@@ -211,13 +194,13 @@ class _Pieces:
             if offset != at or at + length > end:
                 break
             crc, at, i = crc32_combine(crc, piece, length), at + length, i + 1
-        return crc if at == end else _crc_of_range(fd, start, end)
+        return crc if at == end else crc32_of_range(fd, start, end)
 
 
 def _patch_crcs(fd: int, pieces: _Pieces, size: int) -> list[tuple[int, int]]:
     """Write every record's CRC-32 where a zip reader checks it; return the patched byte ranges."""
     cd_offset, cd_size, entries = _central_directory(fd, size)
-    directory = bytearray(_pread(fd, cd_size, cd_offset))
+    directory = bytearray(pread_exact(fd, cd_size, cd_offset))
     patched: list[tuple[int, int]] = [(cd_offset, cd_size)]
     at = 0
     for _ in range(entries):
@@ -237,7 +220,7 @@ def _patch_crcs(fd: int, pieces: _Pieces, size: int) -> list[tuple[int, int]]:
             local = values.pop(0) if local == _FULL32 else local
         if method != 0 or comp != plain:
             raise _layout_error(f"a compressed record (method {method})")
-        header = _pread(fd, 30, local)
+        header = pread_exact(fd, 30, local)
         if header[:4] != _LOCAL:
             raise _layout_error(f"no local header at byte {local}")
         (flags,) = struct.unpack_from("<H", header, 6)
@@ -245,7 +228,7 @@ def _patch_crcs(fd: int, pieces: _Pieces, size: int) -> list[tuple[int, int]]:
         data = local + 30 + name_len + extra_len
         crc = struct.pack("<I", pieces.crc(fd, data, comp))
         if flags & 0x8:  # a data descriptor follows the data: signature, then the CRC
-            if _pread(fd, 4, data + comp) != _DESCRIPTOR:
+            if pread_exact(fd, 4, data + comp) != _DESCRIPTOR:
                 raise _layout_error(f"no data descriptor after the record at byte {local}")
             os.pwrite(fd, crc, data + comp + 4)
             patched.append((data + comp + 4, 4))
@@ -260,16 +243,21 @@ def _patch_crcs(fd: int, pieces: _Pieces, size: int) -> list[tuple[int, int]]:
 
 def _file_crc(fd: int, pieces: _Pieces, patched: list[tuple[int, int]], end: int) -> int:
     """CRC-32 of bytes ``[0, end)``: large unpatched writes by their CRC, the rest read back."""
-    dirty = sorted(patched)
+    dirty = sorted(patched)  # disjoint ranges
+    starts = [lo for lo, _ in dirty]
+
+    def touched(offset: int, length: int) -> bool:
+        last = bisect.bisect_left(starts, offset + length) - 1  # the last range starting before
+        return last >= 0 and dirty[last][0] + dirty[last][1] > offset
+
     crc, at = 0, 0
     for offset, length, piece in pieces.pieces:
         if offset >= end:
             break
-        touched = any(lo < offset + length and offset < lo + n for lo, n in dirty)
-        if length >= COMBINE_BYTES and not touched and offset + length <= end:
-            crc = crc32_combine(_crc_of_range(fd, at, offset, crc), piece, length)
+        if length >= COMBINE_BYTES and offset + length <= end and not touched(offset, length):
+            crc = crc32_combine(crc32_of_range(fd, at, offset, crc), piece, length)
             at = offset + length
-    return _crc_of_range(fd, at, end, crc)
+    return crc32_of_range(fd, at, end, crc)
 
 
 def _save_with_torch_writer(obj: Any, f: _HashingFile) -> bool:
@@ -298,8 +286,7 @@ def _save_with_torch_writer(obj: Any, f: _HashingFile) -> bool:
 def write_archive(obj: Any, f: BinaryIO) -> tuple[int, int]:
     """Write ``obj`` as ``torch.save`` would, to the real file ``f`` (open for reading too).
 
-    The file's data is fsynced here (its large writes are hashed meanwhile); the caller fsyncs
-    again after the checksum comment, which then writes only the patched header pages.
+    Nothing is fsynced here: the caller fsyncs once, after appending the checksum comment.
 
     Returns:
         ``(size, crc)``: the archive's size and the CRC-32 of its bytes before the last two (the
@@ -316,7 +303,7 @@ def write_archive(obj: Any, f: BinaryIO) -> tuple[int, int]:
         torch.save(obj, cast(BinaryIO, hashing))  # it only writes and flushes
     f.flush()
     fd, size = f.fileno(), hashing.offset
-    pieces = _Pieces(_hash_while_syncing(fd, hashing.pieces, size))
+    pieces = _Pieces(hashing.pieces)
     if own_crcs:
         patched = _patch_crcs(fd, pieces, size)
     else:

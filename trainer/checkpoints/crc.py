@@ -6,6 +6,10 @@ That lets a writer hash each piece of a file as it writes it and still store the
 file, and a reader hash the parts of a large file on several threads (``zlib.crc32`` releases the
 GIL).
 
+:func:`crc32` is ``zlib.crc32``, computed by ISA-L (``isal.isal_zlib.crc32``, the same CRC-32 with
+carry-less multiplication, about 4x faster here) when the optional ``isal`` package is installed:
+the checksums are the same either way, so files written with one verify with the other.
+
 Example:
     >>> a, b = b"statefuldata ", b"checkpoint"
     >>> crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
@@ -18,13 +22,33 @@ import functools
 import os
 import threading
 import zlib
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["crc32_combine", "crc32_parallel", "default_threads"]
+_isal_crc32: Callable[..., int] | None
+try:  # the same CRC-32 as zlib's, with PCLMULQDQ; it releases the GIL too
+    from isal import isal_zlib  # type: ignore[import-not-found,unused-ignore]
+
+    _isal_crc32 = isal_zlib.crc32
+except ImportError:  # pragma: no cover - the optional package is not installed
+    _isal_crc32 = None
+
+__all__ = [
+    "FAST_CRC32",
+    "crc32",
+    "crc32_combine",
+    "crc32_of_range",
+    "crc32_parallel",
+    "default_threads",
+    "pread_exact",
+]
 
 _POLY = 0xEDB88320  # CRC-32's polynomial, bit-reflected (as zlib computes it)
 _ONE = 1 << 31  # the polynomial 1 in the reflected representation
 #: Below this many bytes a buffer is hashed on one thread (starting threads would cost more).
 PARALLEL_MIN_BYTES = 64 << 20
+#: Bytes read per call by :func:`crc32_of_range`.
+READ_CHUNK = 1 << 20
 
 
 def _multiply(a: int, b: int) -> int:
@@ -72,6 +96,58 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
     return _multiply(_shift(length2), crc1) ^ crc2
 
 
+#: Whether :func:`crc32` is ISA-L's (the ``isal`` package) rather than zlib's.
+FAST_CRC32 = _isal_crc32 is not None
+
+
+def crc32(data: Any, value: int = 0) -> int:
+    """``zlib.crc32(data, value)``, by ISA-L where ``isal`` is installed (see the module docstring)."""
+    if _isal_crc32 is not None:
+        return int(_isal_crc32(data, value))
+    return zlib.crc32(data, value)
+
+
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes of ``fd`` at ``offset`` (the file position is left alone).
+
+    Raises:
+        EOFError: The file ends before ``offset + size``.
+    """
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise EOFError(f"file ended at byte {offset + len(data)} (expected {offset + size})")
+        data += more
+    return data
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)  # pragma: no cover - platforms without preadv
+    view[: len(data)] = data
+    return len(data)
+
+
+def crc32_of_range(fd: int, start: int, end: int, crc: int = 0) -> int:
+    """``zlib.crc32`` of bytes ``[start, end)`` of ``fd``, continuing ``crc``, read with ``preadv``
+    into one reused buffer (the file position is left alone).
+
+    Raises:
+        EOFError: The file ends before ``end``.
+    """
+    buffer = bytearray(min(READ_CHUNK, max(end - start, 1)))
+    view = memoryview(buffer)
+    while start < end:
+        got = _read_into(fd, view[: min(len(buffer), end - start)], start)
+        if got == 0:
+            raise EOFError(f"file ended at byte {start} (expected {end})")
+        crc = crc32(view[:got], crc)
+        start += got
+    return crc
+
+
 def default_threads() -> int:
     """Threads a large buffer is hashed on: the usable cores, at most 4."""
     try:
@@ -96,7 +172,7 @@ def crc32_parallel(data: memoryview, *, threads: int | None = None, start: int =
     parts = default_threads() if threads is None else threads
     parts = min(parts, len(view) // (PARALLEL_MIN_BYTES // 2) or 1)
     if parts <= 1:
-        return zlib.crc32(view, start)
+        return crc32(view, start)
     step = -(-len(view) // parts)
     bounds = [(i, min(i + step, len(view))) for i in range(0, len(view), step)]
     results: list[int | None] = [None] * len(bounds)
@@ -105,7 +181,7 @@ def crc32_parallel(data: memoryview, *, threads: int | None = None, start: int =
     def run(index: int) -> None:
         lo, hi = bounds[index]
         try:
-            results[index] = zlib.crc32(view[lo:hi])
+            results[index] = crc32(view[lo:hi])
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
@@ -113,7 +189,7 @@ def crc32_parallel(data: memoryview, *, threads: int | None = None, start: int =
     for worker in workers:
         worker.start()
     try:
-        crc = zlib.crc32(view[bounds[0][0] : bounds[0][1]], start)
+        crc = crc32(view[bounds[0][0] : bounds[0][1]], start)
     finally:
         for worker in workers:
             worker.join()

@@ -7,9 +7,10 @@ comment (every record, the central directory and the end record with its comment
 readers, ``torch.load`` among them, ignore the comment, so the files still load with plain
 ``torch.load(path, weights_only=True)`` (also with ``mmap=True``).
 
-CRC-32 (zlib) is the algorithm: it finds every burst of up to 32 flipped bits and misses other
-damage with probability 2^-32. Saving hashes every byte once, the tensor data while the file is
-fsynced (:mod:`trainer.checkpoints.archive`; torch's own, slower, record CRCs are replaced by ours, so the
+CRC-32 (zlib's; computed by ISA-L where ``isal`` is installed, :func:`~trainer.checkpoints.crc.crc32`)
+is the algorithm: it finds every burst of up to 32 flipped bits and misses other damage with
+probability 2^-32. Saving hashes every byte once, the tensor data while it is written
+(:mod:`trainer.checkpoints.archive`; torch's own, slower, record CRCs are replaced by ours, so the
 archive stays a valid zip whose records ``zipfile`` checks). Checking maps the file and hashes it in
 place on up to 4 threads, while ``torch.load(mmap=True)`` reads the same open file
 (:mod:`trainer.checkpoints.loading`). ``python -m benchmarks checkpoint`` measures both.
@@ -28,13 +29,12 @@ import os
 import re
 import struct
 import threading
-import zlib
 from typing import Any, BinaryIO
 
 import attrs
 
 from trainer.checkpoints.archive import write_archive
-from trainer.checkpoints.crc import crc32_parallel
+from trainer.checkpoints.crc import crc32, crc32_of_range, crc32_parallel, pread_exact
 
 __all__ = [
     "ALGORITHM",
@@ -55,7 +55,6 @@ EOCD_SIZE = 22
 ZIP_SIGNATURE = b"PK\x03\x04"
 _COMMENT = re.compile(rb"statefuldata-checksum v(\d+) ([a-z0-9]+) ([0-9a-f]+)")
 _TAIL = EOCD_SIZE + 96  # the end record plus the longest comment we write, with room to spare
-_CHUNK = 1 << 20
 #: Files at least this large are hashed in a thread, overlapped with the load.
 OVERLAP_BYTES = 16 << 20
 #: Files at least this large are hashed through a memory map (no copy) on several threads.
@@ -113,36 +112,6 @@ def _comment(algorithm: str, digest: str) -> bytes:
     return f"statefuldata-checksum v1 {algorithm} {digest}".encode()
 
 
-def _pread_exact(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    while len(data) < size:
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            raise EOFError(f"file ended at byte {offset + len(data)} (expected {offset + size})")
-        data += more
-    return data
-
-
-def _read_into(fd: int, view: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [view], offset)
-    data = os.pread(fd, len(view), offset)  # pragma: no cover - platforms without preadv
-    view[: len(data)] = data
-    return len(data)
-
-
-def _digest_read(fd: int, length: int) -> int:
-    crc, offset, buffer = 0, 0, bytearray(min(_CHUNK, max(length, 1)))
-    view = memoryview(buffer)
-    while offset < length:
-        got = _read_into(fd, view[: min(len(buffer), length - offset)], offset)
-        if got == 0:
-            raise EOFError(f"file ended at byte {offset} (expected {length})")
-        crc = zlib.crc32(view[:got], crc)
-        offset += got
-    return crc
-
-
 def _digest_mapped(fd: int, length: int, threads: int | None) -> int:
     if os.fstat(fd).st_size < length:
         raise EOFError(f"file ended at byte {os.fstat(fd).st_size} (expected {length})")
@@ -164,13 +133,13 @@ def file_digest(fd: int, length: int, *, tail: bytes = b"", threads: int | None 
     if length >= MAP_BYTES and hasattr(mmap, "ACCESS_READ"):
         crc = _digest_mapped(fd, length, threads)
     else:
-        crc = _digest_read(fd, length)
-    return f"{zlib.crc32(tail, crc):08x}"
+        crc = crc32_of_range(fd, 0, length)
+    return f"{crc32(tail, crc):08x}"
 
 
 def read_trailer(fd: int, size: int) -> _Trailer | IntegrityReport | None:
     """The stored checksum, None for a file without one, or a report saying why the end is damaged."""
-    tail = _pread_exact(fd, min(size, _TAIL), max(size - _TAIL, 0))
+    tail = pread_exact(fd, min(size, _TAIL), max(size - _TAIL, 0))
     if tail[-EOCD_SIZE:-18] == EOCD_SIGNATURE and tail[-2:] == b"\x00\x00":
         return None  # a zip archive exactly as torch.save writes it: no comment, no checksum
     start = tail.rfind(EOCD_SIGNATURE)
@@ -188,7 +157,7 @@ def read_trailer(fd: int, size: int) -> _Trailer | IntegrityReport | None:
                 )
             return _Trailer(match[2].decode(), match[3].decode(), size - length)
         start = tail.rfind(EOCD_SIGNATURE, 0, start)
-    head = _pread_exact(fd, min(size, 4), 0)
+    head = pread_exact(fd, min(size, 4), 0)
     if head != ZIP_SIGNATURE:
         return None  # not a zip archive (e.g. torch's legacy format): nothing to verify here
     return IntegrityReport(
@@ -277,8 +246,8 @@ def save_with_checksum(obj: Any, f: BinaryIO) -> None:
     """``torch.save(obj, f)`` with the checksum comment appended; every byte is hashed once.
 
     ``f`` must be a real file opened for reading and writing at its start (it has a ``fileno()``).
-    The data is fsynced here, while it is hashed; the caller flushes and fsyncs the file again
-    afterwards (the checksum comment and the patched record CRCs).
+    Nothing is fsynced here: the caller flushes and fsyncs the file once afterwards (the data,
+    the patched record CRCs and the checksum comment together).
 
     Raises:
         OSError: From the writes (e.g. ENOSPC); the file is then incomplete.
@@ -286,6 +255,6 @@ def save_with_checksum(obj: Any, f: BinaryIO) -> None:
     size, crc = write_archive(obj, f)
     comment = _comment(ALGORITHM, "0" * 8)
     length = struct.pack("<H", len(comment))
-    digest = f"{zlib.crc32(length, crc):08x}"
+    digest = f"{crc32(length, crc):08x}"
     os.pwrite(f.fileno(), length + _comment(ALGORITHM, digest), size - 2)
     f.seek(0, os.SEEK_END)

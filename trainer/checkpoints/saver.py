@@ -50,61 +50,79 @@ class FolderSaver:
         metrics: Mapping[str, Any] | None,
         background: bool,
     ) -> None:
-        """Write ``payload`` as ``path``: now (``background=False``) or on the background thread."""
+        """Write ``payload`` as ``path``: now (``background=False``) or on the background thread.
+
+        Both ways run the same commit (:meth:`_commit`) and then the same housekeeping on the
+        background thread (:meth:`_then_housekeep`); they differ only in where the commit runs and
+        whether it reads the caller's tensors or a snapshot of them.
+        """
         self.job.wait()
         self.acquire()
         try:
             if background:
-                snapshot = self.staging.snapshot(payload)
-                metrics = None if metrics is None else dict(metrics)
-                write = functools.partial(
-                    self._write_later, snapshot, path, epoch, global_step, metrics
+                snapshot = self.staging.snapshot(payload)  # checks the plain types too
+                commit = functools.partial(
+                    self._commit_snapshot,
+                    snapshot,
+                    path,
+                    epoch,
+                    global_step,
+                    None if metrics is None else dict(metrics),
                 )
-                self.job.start(write, f"the save of {path}")
+                self.job.start(
+                    functools.partial(self._then_housekeep, commit), f"the save of {path}"
+                )
                 return
-            with self._mutex:
-                work = self.committer.commit(
-                    payload, path, epoch=epoch, global_step=global_step, metrics=metrics
-                )
+            work = self._commit(payload, path, epoch, global_step, metrics, check_types=True)
         except BaseException:
             self.release()
             raise
-        _log_saved(path, epoch, global_step)
         if work:
-            self.job.start(functools.partial(self._clean_up, work), f"the clean-up after {path}")
+            self.job.start(
+                functools.partial(self._then_housekeep, lambda: work), f"the clean-up after {path}"
+            )
         else:
             self.release()
 
-    def _write_later(
+    def _commit(
+        self,
+        payload: Mapping[str, Any],
+        path: Path,
+        epoch: int,
+        global_step: int,
+        metrics: Mapping[str, Any] | None,
+        *,
+        check_types: bool,
+    ) -> Housekeeping:
+        with self._mutex:
+            work = self.committer.commit(
+                payload,
+                path,
+                epoch=epoch,
+                global_step=global_step,
+                metrics=metrics,
+                check_types=check_types,
+            )
+        logger.info("Saved checkpoint %s (epoch %d, global step %d)", path, epoch, global_step)
+        return work
+
+    def _commit_snapshot(
         self,
         snapshot: Snapshot,
         path: Path,
         epoch: int,
         global_step: int,
         metrics: Mapping[str, Any] | None,
-    ) -> None:
+    ) -> Housekeeping:
+        snapshot.wait()  # the device-to-host copies
+        return self._commit(
+            snapshot.payload, path, epoch, global_step, metrics, check_types=False
+        )  # the snapshot checked the types
+
+    def _then_housekeep(self, commit: Callable[[], Housekeeping]) -> None:
+        """On the background thread: ``commit()`` (or the work a commit left), then rotation and
+        best copies; the writer lock is given back whatever happens."""
         try:
-            snapshot.wait()
-            with self._mutex:
-                work = self.committer.commit(
-                    snapshot.payload,
-                    path,
-                    epoch=epoch,
-                    global_step=global_step,
-                    metrics=metrics,
-                    check_types=False,  # the snapshot checked them
-                )
-            _log_saved(path, epoch, global_step)
-            self.committer.housekeep(work)
+            self.committer.housekeep(commit())
         finally:
             self.release()
-
-    def _clean_up(self, work: Housekeeping) -> None:
-        try:
-            self.committer.housekeep(work)
-        finally:
-            self.release()
-
-
-def _log_saved(path: Path, epoch: int, global_step: int) -> None:
-    logger.info("Saved checkpoint %s (epoch %d, global step %d)", path, epoch, global_step)

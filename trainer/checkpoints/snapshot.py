@@ -22,7 +22,10 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import copy
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +33,7 @@ import attrs
 import numpy as np
 import torch
 
+from trainer.checkpoints.crc import default_threads
 from trainer.checkpoints.io import check_plain_types
 
 __all__ = ["Snapshot", "StagingArea"]
@@ -38,6 +42,62 @@ _SCALARS = frozenset({bool, int, float, str, type(None), torch.dtype, torch.devi
 _ROWS = frozenset({list, tuple})
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _StorageKey = tuple[int, int, str]
+#: Host copies are split into slices of this many bytes, shared among threads ...
+COPY_SLICE = 4 << 20
+#: ... when the snapshot copies at least this many bytes.
+SHARE_BYTES = 32 << 20
+
+
+def _helpers() -> concurrent.futures.ThreadPoolExecutor | None:
+    """The process's copy helper threads (the usable cores but one; kept between snapshots), or
+    None on one core or when the interpreter is exiting."""
+    global _HELPERS
+    if _HELPERS is None and default_threads() > 1:
+        with contextlib.suppress(RuntimeError):
+            _HELPERS = concurrent.futures.ThreadPoolExecutor(
+                max_workers=default_threads() - 1, thread_name_prefix="checkpoint-snapshot"
+            )
+    return _HELPERS
+
+
+_HELPERS: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def copy_shared(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """``np.copyto(target, source)`` for every pair, in slices of :data:`COPY_SLICE` bytes that
+    this thread and the helper threads take in turn (``np.copyto`` releases the GIL).
+
+    A helper that is not scheduled (a busy machine) takes nothing: this thread copies what is
+    left, so sharing never costs more than one slice of waiting.
+    """
+    slices = [
+        (target[lo : lo + COPY_SLICE], source[lo : lo + COPY_SLICE])
+        for target, source in (
+            (t.reshape(-1).view(np.uint8), s.reshape(-1).view(np.uint8)) for t, s in pairs
+        )
+        for lo in range(0, target.size, COPY_SLICE)
+    ]
+    todo = iter(slices)
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            np.copyto(item[0], item[1])
+
+    pool = _helpers() if sum(t.nbytes for t, _ in pairs) >= SHARE_BYTES else None
+    futures = []
+    if pool is not None:
+        with contextlib.suppress(RuntimeError):  # the interpreter is exiting: copy alone
+            futures = [pool.submit(work) for _ in range(default_threads() - 1)]
+    try:
+        work()
+    finally:
+        for future in futures:
+            future.result()
 
 
 @attrs.frozen
@@ -74,6 +134,7 @@ class StagingArea:
     """
 
     _buffers: dict[_StorageKey, torch.UntypedStorage] = attrs.field(init=False, factory=dict)
+    _pending: list[tuple[np.ndarray, np.ndarray]] = attrs.field(init=False, factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -89,7 +150,12 @@ class StagingArea:
         """
         used: dict[_StorageKey, torch.UntypedStorage] = {}
         devices: set[torch.device] = set()
-        copied = self._copy(dict(payload), "payload", used, devices)
+        self._pending = []
+        try:
+            copied = self._copy(dict(payload), "payload", used, devices)
+            copy_shared(self._pending)
+        finally:
+            self._pending = []
         self._buffers = used
         ready = []
         for device in devices:
@@ -148,8 +214,8 @@ class StagingArea:
             if size:
                 target = torch.empty(0, dtype=torch.uint8).set_(staged)
                 origin = torch.empty(0, dtype=torch.uint8, device=t.device).set_(source)
-                if t.device.type == "cpu":  # a plain memcpy, without the GIL: torch's copy_
-                    np.copyto(target.numpy(), origin.numpy())  # starts its thread team per tensor
+                if t.device.type == "cpu":  # plain memcpys, without the GIL (torch's copy_
+                    self._pending.append((target.numpy(), origin.numpy()))  # wakes its team)
                 else:
                     target.copy_(origin, non_blocking=cuda)
                 used[key] = staged
