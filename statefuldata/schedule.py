@@ -24,10 +24,9 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-import torch
 
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
-from statefuldata.seeding import derive_seed
+from statefuldata.seeding import PlainMT19937, derive_seed, mt19937_from_plain, mt19937_to_plain
 from statefuldata.validators import check_epoch
 
 __all__ = [
@@ -44,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 _S = SamplingStrategy
 _P = EpochLengthPolicy
-_MT_KEY_WORDS = 624
 
 
 def _is_int(value: object) -> bool:
@@ -310,12 +308,9 @@ def schedule_proportions(
     ]
 
 
-def rng_state_to_plain(rs: np.random.RandomState) -> tuple[str, torch.Tensor, int, int, float]:
-    """``rs.get_state()`` as ``("MT19937", int64 tensor of 624 key words, pos, has_gauss,
-    cached_gaussian)``: plain types that load with ``torch.load(weights_only=True)``."""
-    name, keys, pos, has_gauss, cached = rs.get_state(legacy=True)
-    words = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
-    return (str(name), words, int(pos), int(has_gauss), float(cached))
+def rng_state_to_plain(rs: np.random.RandomState) -> PlainMT19937:
+    """``rs``'s state as plain types (:func:`statefuldata.seeding.mt19937_to_plain`)."""
+    return mt19937_to_plain(rs.get_state(legacy=True))
 
 
 def rng_state_from_plain(state: Sequence[Any]) -> np.random.RandomState:
@@ -324,19 +319,6 @@ def rng_state_from_plain(state: Sequence[Any]) -> np.random.RandomState:
     Raises:
         ValueError: ``state`` is not a 5-entry ``("MT19937", keys, pos, has_gauss, cached)`` record.
     """
-    if not isinstance(state, (tuple, list)) or len(state) != 5 or state[0] != "MT19937":
-        raise ValueError(
-            "a choice RNG state must be ('MT19937', keys, pos, has_gauss, cached_gaussian) "
-            f"(got {type(state).__name__} {str(state)[:80]}); pass rng_state_to_plain(rs) output"
-        )
-    _, keys, pos, has_gauss, cached = state
-    raw = keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
-    words = raw.astype(np.int64).reshape(-1)
-    if words.size != _MT_KEY_WORDS or words.min() < 0 or words.max() >= 2**32:
-        raise ValueError(
-            f"MT19937 keys must be {_MT_KEY_WORDS} words in 0..2**32-1 (got {words.size} words); "
-            "pass rng_state_to_plain(rs) output"
-        )
     rs = np.random.RandomState(0)
-    rs.set_state(("MT19937", words.astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    rs.set_state(mt19937_from_plain(state))
     return rs
