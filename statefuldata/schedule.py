@@ -33,10 +33,10 @@ __all__ = [
     "build_schedule",
     "choice_rng_for_epoch",
     "epoch_length",
+    "expected_shares",
     "quotas",
     "rng_state_from_plain",
     "rng_state_to_plain",
-    "schedule_proportions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -276,36 +276,22 @@ def build_schedule(
     return _weighted_order(counts, burst)
 
 
-def schedule_proportions(
-    config: MultiDataLoaderConfig, lengths: Sequence[int | None], schedule: Sequence[int]
-) -> list[dict[str, Any]]:
-    """Per loader: ``index``, ``name`` (or None), ``batches`` in ``schedule``, ``expected_share``
-    (``q_i / T`` of a full epoch; ``w_i`` for WEIGHTED_RANDOM) and ``actual_share`` (of
-    ``len(schedule)``, which may be a partial epoch; 0.0 when empty)."""
-    total = epoch_length(config, lengths)
-    n = len(lengths)
-    if config.sampling_strategy is _S.WEIGHTED_RANDOM or total == 0:
-        expected = [float(w) for w in _shares(config, n)]
-    else:
-        expected = [q / total for q in quotas(config, lengths, total)]
-    picks = np.asarray(schedule, dtype=np.int64).reshape(-1)
-    if picks.size and (picks.min() < 0 or picks.max() >= n):
-        raise ValueError(
-            f"schedule entries must be loader indices 0..{n - 1} (got {int(picks.min())}.."
-            f"{int(picks.max())}); pass a schedule built for these {n} loaders"
-        )
-    counts = np.bincount(picks, minlength=n).tolist()
-    names = config.dataloader_names
-    return [
-        {
-            "index": i,
-            "name": names[i] if names is not None else None,
-            "batches": counts[i],
-            "expected_share": expected[i],
-            "actual_share": counts[i] / picks.size if picks.size else 0.0,
-        }
-        for i in range(n)
-    ]
+def expected_shares(
+    config: MultiDataLoaderConfig, lengths: Sequence[int | None], total: int
+) -> list[float]:
+    """Each loader's expected share of an epoch of ``total`` steps: ``q_i / T`` (0.0 for an empty
+    epoch), or the normalised weight ``w_i`` under WEIGHTED_RANDOM, whose draws are i.i.d.
+
+    The expected side of the one proportions report, :meth:`statefuldata.EpochIterator.proportions`.
+
+    Example:
+        >>> cfg = MultiDataLoaderConfig(sampling_strategy="weighted", dataloader_weights=[3, 1])
+        >>> expected_shares(cfg, [8, 8], 16)
+        [0.75, 0.25]
+    """
+    if config.sampling_strategy is _S.WEIGHTED_RANDOM:
+        return [float(w) for w in _shares(config, len(lengths))]
+    return [q / total if total else 0.0 for q in quotas(config, lengths, total)]
 
 
 def rng_state_to_plain(rs: np.random.RandomState) -> PlainMT19937:
