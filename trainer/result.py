@@ -7,6 +7,8 @@ from pathlib import Path
 
 import attrs
 
+from trainer.validators import to_enum
+
 __all__ = ["FitResult", "FitStatus"]
 
 
@@ -26,10 +28,16 @@ class FitStatus(str, enum.Enum):
 
 @attrs.frozen
 class FitResult:
-    """How ``fit()`` ended: its ``status`` (a :class:`FitStatus` value, kept a plain str so that it
-    pickles and saves anywhere), where training stands, the last file and the latest metrics."""
+    """How ``fit()`` ended: its ``status`` (a :class:`FitStatus`, which is a str: it compares, prints
+    and JSON-encodes as its value), where training stands, the last file and the latest metrics.
 
-    status: str = attrs.field(converter=lambda value: FitStatus(value).value)
+    Example:
+        >>> result = FitResult("preempted", epoch=1, global_step=40)
+        >>> result.status is FitStatus.PREEMPTED and result.status == "preempted"
+        True
+    """
+
+    status: FitStatus = attrs.field(converter=lambda value: to_enum(FitStatus, value, "status"))
     epoch: int
     global_step: int
     checkpoint_path: Path | None = None
