@@ -27,7 +27,7 @@ import numpy as np
 
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.seeding import PlainMT19937, derive_seed, mt19937_from_plain, mt19937_to_plain
-from statefuldata.validators import check_epoch
+from statefuldata.validators import check_epoch, check_int, is_int
 
 __all__ = [
     "build_schedule",
@@ -45,10 +45,6 @@ _S = SamplingStrategy
 _P = EpochLengthPolicy
 
 
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
-
-
 def _label(config: MultiDataLoaderConfig, i: int) -> str:
     names = config.dataloader_names
     return f"{i} ({names[i]!r})" if names is not None and i < len(names) else str(i)
@@ -57,7 +53,7 @@ def _label(config: MultiDataLoaderConfig, i: int) -> str:
 def _checked(config: MultiDataLoaderConfig, lengths: Sequence[int | None]) -> list[int | None]:
     out: list[int | None] = []
     for i, n in enumerate(lengths):
-        if n is not None and not _is_int(n):
+        if n is not None and not is_int(n):
             raise TypeError(
                 f"length of loader {_label(config, i)} must be an int or None (got {n!r})"
             )
@@ -146,8 +142,7 @@ def quotas(config: MultiDataLoaderConfig, lengths: Sequence[int | None], total: 
         [99, 1, 0]
     """
     lens = _checked(config, lengths)
-    if not _is_int(total) or total < 0:
-        raise ValueError(f"'total' must be an int >= 0 (got {total!r})")
+    check_int("total", total, minimum=0, single=True)
     total = int(total)
     strategy = config.sampling_strategy
     if config.epoch_length_policy is _P.SUM_OF_LENGTHS and strategy in (

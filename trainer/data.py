@@ -8,15 +8,9 @@ import attrs
 
 from statefuldata import DataLoaderManager, Phase, PipelineSpec
 from trainer.config import GenericTrainerConfig
+from trainer.validators import as_list
 
 __all__ = ["SNAPSHOT_CAP", "TrainerData", "as_list", "build_manager", "check_loader_options"]
-
-
-def as_list(value: Any) -> list[Any]:
-    """``None`` -> ``[]``, a list or tuple -> a list, anything else -> a one-element list."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def build_manager(train: Any, val: Any, config: GenericTrainerConfig) -> DataLoaderManager:
