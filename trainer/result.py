@@ -28,16 +28,17 @@ class FitStatus(str, enum.Enum):
 
 @attrs.frozen
 class FitResult:
-    """How ``fit()`` ended: its ``status`` (a :class:`FitStatus`, which is a str: it compares, prints
-    and JSON-encodes as its value), where training stands, the last file and the latest metrics.
+    """How ``fit()`` ended: its ``status`` (a :class:`FitStatus` value, kept a plain str so that it
+    pickles and saves anywhere, ``torch.load(weights_only=True)`` included), where training stands,
+    the last file and the latest metrics.
 
     Example:
-        >>> result = FitResult("preempted", epoch=1, global_step=40)
-        >>> result.status is FitStatus.PREEMPTED and result.status == "preempted"
-        True
+        >>> result = FitResult(FitStatus.PREEMPTED, epoch=1, global_step=40)
+        >>> result.status == FitStatus.PREEMPTED == "preempted", type(result.status).__name__
+        (True, 'str')
     """
 
-    status: FitStatus = attrs.field(converter=lambda value: to_enum(FitStatus, value, "status"))
+    status: str = attrs.field(converter=lambda value: to_enum(FitStatus, value, "status").value)
     epoch: int
     global_step: int
     checkpoint_path: Path | None = None

@@ -1,4 +1,4 @@
-"""FitResult.status is a FitStatus (a str enum): it compares, prints and serialises as its value."""
+"""FitResult.status: a FitStatus value kept a plain str (it saves with weights_only=True)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import json
 import pickle
 
 import pytest
+import torch
 
 from trainer import FitResult, FitStatus
 
 
-def test_status_is_the_enum_and_still_equals_its_string() -> None:
-    result = FitResult("preempted", epoch=1, global_step=40)
-    assert result.status is FitStatus.PREEMPTED
-    assert result.status == "preempted" and f"{result.status}" == "preempted"
-    assert str(result.status) == "preempted" and json.dumps(result.status) == '"preempted"'
+def test_status_is_a_plain_str_equal_to_the_enum(tmp_path) -> None:
+    result = FitResult(FitStatus.PREEMPTED, epoch=1, global_step=40)
+    assert type(result.status) is str and result.status == FitStatus.PREEMPTED == "preempted"
+    assert json.dumps(result.status) == '"preempted"'
     assert FitResult(FitStatus.COMPLETED, 2, 80) == FitResult("completed", 2, 80)
     assert pickle.loads(pickle.dumps(result)) == result
+    torch.save({"status": result.status}, tmp_path / "status.pt")
+    assert torch.load(tmp_path / "status.pt", weights_only=True) == {"status": "preempted"}
 
 
 def test_an_unknown_status_names_the_valid_ones() -> None:
