@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -10,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from statefuldata.errors import IncompatibleStateError
+from statefuldata.fallback import SkipCounter
 
 __all__ = ["SkipBatchesLoader"]
 
@@ -46,8 +46,9 @@ def _check_reproducible(loader: Any, name: str) -> None:
 class SkipBatchesLoader:
     """Wrap a plain ``torch.utils.data.DataLoader`` (no state methods): restore by skipping batches.
 
-    Skipped batches are fully loaded and collated, so a restore costs as much as re-reading that part
-    of the pass. The state records the loader's generator states at the start of the current pass,
+    Counting and skipping are those of :class:`statefuldata.SkipFallback` (one mechanism,
+    :class:`statefuldata.fallback.SkipCounter`, here over batches). Skipped batches are fully loaded
+    and collated, so a restore costs as much as re-reading that part of the pass. The state records the loader's generator states at the start of the current pass,
     so a restore in any pass replays that pass's order (and its workers' seeds). A loader that shuffles
     from the global RNG (no ``generator``) is refused: its order cannot be brought back. One WARNING
     per restore says how to make it O(1): build the loader with ``statefuldata.make_loader``.
@@ -63,11 +64,9 @@ class SkipBatchesLoader:
         self.name = name or type(loader).__name__
         _check_reproducible(loader, self.name)
         self._generators = _generators(loader)
-        self._yielded = 0
-        self._skip = 0
+        self._counter = SkipCounter()
         self._pass_states: list[torch.Tensor] = [g.get_state() for g in self._generators]
         self._restore_states: list[torch.Tensor] | None = None
-        self._generation = 0
         self._batches: Any = None
 
     def __len__(self) -> int:
@@ -86,15 +85,20 @@ class SkipBatchesLoader:
         return int(getattr(self.loader, "num_workers", 0))
 
     def __iter__(self) -> Iterator[Any]:
-        skip, self._skip = self._skip, 0
         if self._restore_states is not None:
             for generator, state in zip(self._generators, self._restore_states):
                 generator.set_state(state)
             self._restore_states = None
         self._pass_states = [g.get_state() for g in self._generators]
-        self._yielded = skip
-        self._generation += 1
-        return self._generate(skip, self._generation)
+        return self._counter.start(
+            self._open,
+            ended_early=self._ended_early,
+            skipped=self._warn,
+            superseded=(
+                f"this iterator over loader {self.name!r} was superseded by load_state_dict(); "
+                "call iter() again"
+            ),
+        )
 
     def close(self) -> None:
         """Stop the worker processes of the current pass (the next ``iter()`` starts new ones)."""
@@ -103,34 +107,29 @@ class SkipBatchesLoader:
         if callable(shutdown):
             shutdown()
 
-    def _generate(self, skip: int, generation: int) -> Iterator[Any]:
+    def _open(self) -> Iterator[Any]:
         self.close()
-        self._batches = batches = iter(self.loader)
-        if skip:
-            skipped = sum(1 for _ in itertools.islice(batches, skip))
-            if skipped < skip:
-                raise RuntimeError(
-                    f"cannot restore loader {self.name!r}: it ended after {skipped} batches while "
-                    f"skipping to the saved position of {skip} batches; the data or order changed"
-                )
-            logger.warning(
-                "Restored loader %r by loading and discarding %d batches (plain DataLoader, "
-                "skip-based). Fix: build it with statefuldata.make_loader(...) so it restores in O(1).",
-                self.name,
-                skip,
-            )
-        for batch in batches:
-            if self._generation != generation:
-                raise RuntimeError(
-                    f"this iterator over loader {self.name!r} was superseded by load_state_dict(); "
-                    "call iter() again"
-                )
-            self._yielded += 1
-            yield batch
+        batches: Iterator[Any] = iter(self.loader)
+        self._batches = batches
+        return batches
+
+    def _ended_early(self, skipped: int, skip: int) -> str:
+        return (
+            f"cannot restore loader {self.name!r}: it ended after {skipped} batches while "
+            f"skipping to the saved position of {skip} batches; the data or order changed"
+        )
+
+    def _warn(self, skip: int) -> None:
+        logger.warning(
+            "Restored loader %r by loading and discarding %d batches (plain DataLoader, "
+            "skip-based). Fix: build it with statefuldata.make_loader(...) so it restores in O(1).",
+            self.name,
+            skip,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            self.KEY_BATCHES: self._yielded,
+            self.KEY_BATCHES: self._counter.count,
             self.KEY_GENERATORS: [state.clone() for state in self._pass_states],
         }
 
@@ -146,6 +145,5 @@ class SkipBatchesLoader:
                 f"loader {self.name!r}: the state holds {len(generators)} generator state(s) but the "
                 f"loader draws from {len(self._generators)}; rebuild it as it was when saved"
             )
-        self._skip = self._yielded = int(state[self.KEY_BATCHES])
         self._restore_states = None if generators is None else list(generators)
-        self._generation += 1
+        self._counter.restore(int(state[self.KEY_BATCHES]))

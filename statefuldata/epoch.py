@@ -12,13 +12,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from statefuldata.config import SamplingStrategy
 from statefuldata.cursor import Cursor
 from statefuldata.phase import PhasePlan
-from statefuldata.schedule import build_schedule, quotas, rng_state_from_plain
+from statefuldata.schedule import build_schedule, expected_shares, rng_state_from_plain
 from statefuldata.state import (
     KEY_EPOCH,
     KEY_FINGERPRINT,
@@ -209,14 +207,7 @@ class EpochIterator:
     def proportions(self) -> list[dict[str, Any]]:
         """Per loader: batches and samples drawn this epoch, expected vs actual share of batches."""
         plan = self._plan
-        if plan.config.sampling_strategy is SamplingStrategy.WEIGHTED_RANDOM:
-            weights = np.asarray(plan.config.dataloader_weights, dtype=float)
-            expected = (weights / weights.sum()).tolist()
-        else:
-            expected = [
-                q / plan.total if plan.total else 0.0
-                for q in quotas(plan.config, plan.lengths, plan.total)
-            ]
+        expected = expected_shares(plan.config, plan.lengths, plan.total)
         done = max(self.total_batches, 1)
         return [
             {

@@ -26,7 +26,6 @@ __all__ = ["DataLoaderManager", "EpochIterator", "PhaseLoader"]
 
 logger = logging.getLogger(__name__)
 
-PHASES = tuple(p.value for p in Phase)
 #: Keys of the v1 ``dataloader_manager_state``. ``choice_rng_state`` (the name is the format's) is
 #: the recipe of the train phase's choice RNG, ``{"seed", "epoch", "strategy"}``; the RNG's state
 #: itself, which the checkpoint's top-level ``choice_rng_state`` copies, is under ``choice_rng``.

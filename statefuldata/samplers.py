@@ -95,7 +95,6 @@ class PositionSampler:
     _live: bool = attrs.field(init=False, default=False)  # this pass handed out an index or ended
     _loaded: bool = attrs.field(init=False, default=False)  # this pass resumes a loaded position
     _requested: int | None = attrs.field(init=False, default=None)
-    _exhausted: bool = attrs.field(init=False, default=False)
     _generation: int = attrs.field(init=False, default=0)
     _chunk: list[int] | None = attrs.field(init=False, default=None, repr=False)
     _chunk_start: int = attrs.field(init=False, default=0)
@@ -175,7 +174,7 @@ class PositionSampler:
             self._chunk.clear()  # a live iterator stops its chunk and re-reads the position
         self._chunk, self._chunk_iter = None, None
         self._epoch, self._position, self._loaded = int(epoch), int(position), loaded
-        self._live = self._exhausted = False
+        self._live = False
 
     def __iter__(self) -> Iterator[int]:
         if self._advances():
@@ -184,7 +183,7 @@ class PositionSampler:
         if self._chunk is not None:
             self._chunk.clear()
         self._chunk, self._chunk_iter = None, None
-        self._requested, self._iterated, self._live, self._exhausted = None, True, False, False
+        self._requested, self._iterated, self._live = None, True, False
         self._generation += 1
         return self._generate(self._generation)
 
@@ -195,7 +194,6 @@ class PositionSampler:
             self._live = True
             start = self._position
             if start >= total:
-                self._exhausted = True
                 return
             end = min(start + size, total)
             chunk = self._indices(start, end).tolist()

@@ -24,31 +24,25 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-import torch
 
 from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
-from statefuldata.seeding import derive_seed
-from statefuldata.validators import check_epoch
+from statefuldata.seeding import PlainMT19937, derive_seed, mt19937_from_plain, mt19937_to_plain
+from statefuldata.validators import check_epoch, check_int, is_int
 
 __all__ = [
     "build_schedule",
     "choice_rng_for_epoch",
     "epoch_length",
+    "expected_shares",
     "quotas",
     "rng_state_from_plain",
     "rng_state_to_plain",
-    "schedule_proportions",
 ]
 
 logger = logging.getLogger(__name__)
 
 _S = SamplingStrategy
 _P = EpochLengthPolicy
-_MT_KEY_WORDS = 624
-
-
-def _is_int(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
 def _label(config: MultiDataLoaderConfig, i: int) -> str:
@@ -59,7 +53,7 @@ def _label(config: MultiDataLoaderConfig, i: int) -> str:
 def _checked(config: MultiDataLoaderConfig, lengths: Sequence[int | None]) -> list[int | None]:
     out: list[int | None] = []
     for i, n in enumerate(lengths):
-        if n is not None and not _is_int(n):
+        if n is not None and not is_int(n):
             raise TypeError(
                 f"length of loader {_label(config, i)} must be an int or None (got {n!r})"
             )
@@ -148,8 +142,7 @@ def quotas(config: MultiDataLoaderConfig, lengths: Sequence[int | None], total: 
         [99, 1, 0]
     """
     lens = _checked(config, lengths)
-    if not _is_int(total) or total < 0:
-        raise ValueError(f"'total' must be an int >= 0 (got {total!r})")
+    check_int("total", total, minimum=0, single=True)
     total = int(total)
     strategy = config.sampling_strategy
     if config.epoch_length_policy is _P.SUM_OF_LENGTHS and strategy in (
@@ -278,44 +271,27 @@ def build_schedule(
     return _weighted_order(counts, burst)
 
 
-def schedule_proportions(
-    config: MultiDataLoaderConfig, lengths: Sequence[int | None], schedule: Sequence[int]
-) -> list[dict[str, Any]]:
-    """Per loader: ``index``, ``name`` (or None), ``batches`` in ``schedule``, ``expected_share``
-    (``q_i / T`` of a full epoch; ``w_i`` for WEIGHTED_RANDOM) and ``actual_share`` (of
-    ``len(schedule)``, which may be a partial epoch; 0.0 when empty)."""
-    total = epoch_length(config, lengths)
-    n = len(lengths)
-    if config.sampling_strategy is _S.WEIGHTED_RANDOM or total == 0:
-        expected = [float(w) for w in _shares(config, n)]
-    else:
-        expected = [q / total for q in quotas(config, lengths, total)]
-    picks = np.asarray(schedule, dtype=np.int64).reshape(-1)
-    if picks.size and (picks.min() < 0 or picks.max() >= n):
-        raise ValueError(
-            f"schedule entries must be loader indices 0..{n - 1} (got {int(picks.min())}.."
-            f"{int(picks.max())}); pass a schedule built for these {n} loaders"
-        )
-    counts = np.bincount(picks, minlength=n).tolist()
-    names = config.dataloader_names
-    return [
-        {
-            "index": i,
-            "name": names[i] if names is not None else None,
-            "batches": counts[i],
-            "expected_share": expected[i],
-            "actual_share": counts[i] / picks.size if picks.size else 0.0,
-        }
-        for i in range(n)
-    ]
+def expected_shares(
+    config: MultiDataLoaderConfig, lengths: Sequence[int | None], total: int
+) -> list[float]:
+    """Each loader's expected share of an epoch of ``total`` steps: ``q_i / T`` (0.0 for an empty
+    epoch), or the normalised weight ``w_i`` under WEIGHTED_RANDOM, whose draws are i.i.d.
+
+    The expected side of the one proportions report, :meth:`statefuldata.EpochIterator.proportions`.
+
+    Example:
+        >>> cfg = MultiDataLoaderConfig(sampling_strategy="weighted", dataloader_weights=[3, 1])
+        >>> expected_shares(cfg, [8, 8], 16)
+        [0.75, 0.25]
+    """
+    if config.sampling_strategy is _S.WEIGHTED_RANDOM:
+        return [float(w) for w in _shares(config, len(lengths))]
+    return [q / total if total else 0.0 for q in quotas(config, lengths, total)]
 
 
-def rng_state_to_plain(rs: np.random.RandomState) -> tuple[str, torch.Tensor, int, int, float]:
-    """``rs.get_state()`` as ``("MT19937", int64 tensor of 624 key words, pos, has_gauss,
-    cached_gaussian)``: plain types that load with ``torch.load(weights_only=True)``."""
-    name, keys, pos, has_gauss, cached = rs.get_state(legacy=True)
-    words = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
-    return (str(name), words, int(pos), int(has_gauss), float(cached))
+def rng_state_to_plain(rs: np.random.RandomState) -> PlainMT19937:
+    """``rs``'s state as plain types (:func:`statefuldata.seeding.mt19937_to_plain`)."""
+    return mt19937_to_plain(rs.get_state(legacy=True))
 
 
 def rng_state_from_plain(state: Sequence[Any]) -> np.random.RandomState:
@@ -324,19 +300,6 @@ def rng_state_from_plain(state: Sequence[Any]) -> np.random.RandomState:
     Raises:
         ValueError: ``state`` is not a 5-entry ``("MT19937", keys, pos, has_gauss, cached)`` record.
     """
-    if not isinstance(state, (tuple, list)) or len(state) != 5 or state[0] != "MT19937":
-        raise ValueError(
-            "a choice RNG state must be ('MT19937', keys, pos, has_gauss, cached_gaussian) "
-            f"(got {type(state).__name__} {str(state)[:80]}); pass rng_state_to_plain(rs) output"
-        )
-    _, keys, pos, has_gauss, cached = state
-    raw = keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
-    words = raw.astype(np.int64).reshape(-1)
-    if words.size != _MT_KEY_WORDS or words.min() < 0 or words.max() >= 2**32:
-        raise ValueError(
-            f"MT19937 keys must be {_MT_KEY_WORDS} words in 0..2**32-1 (got {words.size} words); "
-            "pass rng_state_to_plain(rs) output"
-        )
     rs = np.random.RandomState(0)
-    rs.set_state(("MT19937", words.astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    rs.set_state(mt19937_from_plain(state))
     return rs

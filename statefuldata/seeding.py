@@ -3,15 +3,22 @@
 ``derive_seed(seed, *path)`` gives an independent child seed for any path of non-negative integers
 (epoch, rank, worker id, sample index, ...). It uses :class:`numpy.random.SeedSequence` spawn keys,
 so ``derive_seed(s, 1, 0)`` and ``derive_seed(s, 0, 1)`` are unrelated, unlike ``s + 1``.
+
+numpy's MT19937 state (a ``RandomState``'s or the global ``np.random`` one) is saved as plain types
+by :func:`mt19937_to_plain` and read back by :func:`mt19937_from_plain`; the scheduler's choice RNG
+and the trainer's ``rng_states["numpy_random"]`` both use them.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from statefuldata.validators import check_int
 
 __all__ = ["derive_seed", "sample_rng", "seed_everything", "seed_worker"]
 
@@ -19,16 +26,14 @@ _MAX_SEED = 2**63 - 1
 
 
 def _check_non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"'{name}' must be a non-negative int (got {value!r} of type {type(value).__name__})"
-        )
-    if value < 0:
-        raise ValueError(
-            f"'{name}' must be >= 0 (got {value}); seeds and seed paths are non-negative integers, "
-            "pass e.g. abs(seed) or a fixed value like 0"
-        )
-    return int(value)
+    check_int(
+        name,
+        value,
+        minimum=0,
+        hint="seeds and seed paths are non-negative integers, pass e.g. abs(seed) or a fixed "
+        "value like 0",
+    )
+    return int(value)  # type: ignore[call-overload,no-any-return]
 
 
 def derive_seed(seed: int, *path: int) -> int:
@@ -101,3 +106,47 @@ def sample_rng(
     if backend == "numpy":
         return np.random.default_rng(child)
     raise ValueError(f"'backend' must be 'torch' or 'numpy' (got {backend!r})")
+
+
+_MT_KEY_WORDS = 624
+PlainMT19937 = tuple[str, torch.Tensor, int, int, float]
+
+
+def mt19937_to_plain(state: Any) -> PlainMT19937:
+    """numpy's legacy MT19937 state as ``("MT19937", int64 tensor of 624 key words, pos, has_gauss,
+    cached_gaussian)``: plain types that load with ``torch.load(weights_only=True)``.
+
+    Args:
+        state: ``RandomState.get_state(legacy=True)`` or ``np.random.get_state(legacy=True)``.
+
+    Example:
+        >>> plain = mt19937_to_plain(np.random.RandomState(0).get_state(legacy=True))
+        >>> plain[0], plain[1].dtype, plain[1].shape
+        ('MT19937', torch.int64, torch.Size([624]))
+    """
+    name, keys, pos, has_gauss, cached = state
+    words = torch.from_numpy(np.asarray(keys, dtype=np.int64).copy())
+    return (str(name), words, int(pos), int(has_gauss), float(cached))
+
+
+def mt19937_from_plain(state: Sequence[Any]) -> tuple[str, np.ndarray, int, int, float]:
+    """The legacy state tuple, for ``RandomState.set_state``, of a :func:`mt19937_to_plain` record.
+
+    Raises:
+        ValueError: ``state`` is not a 5-entry ``("MT19937", keys, pos, has_gauss, cached)``
+            record, or its keys are not 624 words in ``0..2**32-1``.
+    """
+    if not isinstance(state, (tuple, list)) or len(state) != 5 or state[0] != "MT19937":
+        raise ValueError(
+            "an MT19937 state must be ('MT19937', keys, pos, has_gauss, cached_gaussian) "
+            f"(got {type(state).__name__} {str(state)[:80]}); pass mt19937_to_plain(...) output"
+        )
+    _, keys, pos, has_gauss, cached = state
+    raw = keys.detach().cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    words = raw.astype(np.int64).reshape(-1)
+    if words.size != _MT_KEY_WORDS or words.min() < 0 or words.max() >= 2**32:
+        raise ValueError(
+            f"MT19937 keys must be {_MT_KEY_WORDS} words in 0..2**32-1 (got {words.size} words); "
+            "pass mt19937_to_plain(...) output"
+        )
+    return ("MT19937", words.astype(np.uint32), int(pos), int(has_gauss), float(cached))

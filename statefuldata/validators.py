@@ -63,6 +63,8 @@ def check_int(
     above: bool = False,
     single: bool = False,
     error: type[Exception] = ValueError,
+    optional: bool = False,
+    allow_numpy: bool = True,
 ) -> None:
     """Raise unless ``value`` is an int (not a bool) >= ``minimum``.
 
@@ -76,25 +78,48 @@ def check_int(
             raised as ``error``; else a wrong type is a ``TypeError`` and a wrong value a
             ``ValueError`` saying ``'name' must be >= minimum (got v); hint``.
         error: The exception type of a ``single`` message (e.g. ``IncompatibleStateError``).
+        optional: None is allowed too (the type message then reads ``an int or None``).
+        allow_numpy: Accept numpy integers; False where the value is stored as it is in a state
+            or snapshot that must hold plain ints.
     """
+    if optional and value is None:
+        return
+    typed = is_int(value) if allow_numpy else isinstance(value, int) and not isinstance(value, bool)
     if single:
-        if not is_int(value) or value < minimum:  # type: ignore[operator]
+        if not typed or value < minimum:  # type: ignore[operator]
             raise error(f"'{name}' must be an int >= {minimum} (got {value!r})")
         return
-    if not is_int(value):
-        raise TypeError(f"'{name}' must be an int (got {value!r})")
+    if not typed:
+        raise TypeError(
+            f"'{name}' must be {'an int or None' if optional else 'an int'} (got {value!r})"
+        )
     if value < minimum:  # type: ignore[operator]
         bound = f"> {minimum - 1}" if above else f">= {minimum}"
         raise ValueError(f"'{name}' must be {bound} (got {value}){'; ' + hint if hint else ''}")
 
 
 def int_at_least(
-    minimum: int, *, hint: str = "", above: bool = False, single: bool = False
+    minimum: int,
+    *,
+    hint: str = "",
+    above: bool = False,
+    single: bool = False,
+    optional: bool = False,
+    allow_numpy: bool = True,
 ) -> Validator:
-    """Field validator of :func:`check_int`; wrap it in ``attrs.validators.optional`` for None."""
+    """Field validator of :func:`check_int` (same options); composes with ``attrs.validators``."""
 
     def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        check_int(attribute.name, value, minimum=minimum, hint=hint, above=above, single=single)
+        check_int(
+            attribute.name,
+            value,
+            minimum=minimum,
+            hint=hint,
+            above=above,
+            single=single,
+            optional=optional,
+            allow_numpy=allow_numpy,
+        )
 
     return check
 

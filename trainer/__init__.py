@@ -23,7 +23,7 @@ from trainer.loop import GenericTrainer
 from trainer.precision import MixedPrecision, Precision, make_precision
 from trainer.preemption import InterruptFlag, PreemptionFlag
 from trainer.result import FitResult, FitStatus
-from trainer.resume import ResumePhase, ResumeState
+from trainer.resume import ResumePhase, ResumeState, SaveReason
 
 __all__ = [
     "Aggregation",
@@ -50,6 +50,7 @@ __all__ = [
     "PreemptionFlag",
     "ResumePhase",
     "ResumeState",
+    "SaveReason",
     "SchedulerInterval",
     "TensorBoardLogger",
     "ValidationConfig",

@@ -6,17 +6,11 @@ from typing import Any
 
 import attrs
 
-from statefuldata import DataLoaderManager, PipelineSpec
+from statefuldata import DataLoaderManager, Phase, PipelineSpec
 from trainer.config import GenericTrainerConfig
+from trainer.validators import as_list
 
 __all__ = ["SNAPSHOT_CAP", "TrainerData", "as_list", "build_manager", "check_loader_options"]
-
-
-def as_list(value: Any) -> list[Any]:
-    """``None`` -> ``[]``, a list or tuple -> a list, anything else -> a one-element list."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def build_manager(train: Any, val: Any, config: GenericTrainerConfig) -> DataLoaderManager:
@@ -117,7 +111,7 @@ class TrainerData:
         manager = self.manager
         if self.snapshot is not None or manager is None:
             return self.snapshot
-        return {p: manager.fingerprint(p) for p in ("train", "val") if manager.has_phase(p)}
+        return {p.value: manager.fingerprint(p) for p in Phase if manager.has_phase(p)}
 
     def set_snapshot_cadence(self) -> None:
         """Worker snapshots at the checkpoint cadence instead of every batch.

@@ -37,7 +37,7 @@ from trainer.checkpoints import (
     CheckpointError,
     read_checkpoint,
 )
-from trainer.checkpoints.integrity import check_integrity
+from trainer.checkpoints.integrity import IntegrityStatus, check_integrity
 
 __all__ = [
     "add_inspect_parser",
@@ -148,9 +148,10 @@ def summarize_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _integrity_line(integrity: Mapping[str, Any]) -> str:
-    if integrity["status"] == "verified":
+    status = IntegrityStatus(integrity["status"])  # the plain value of the report's to_dict()
+    if status is IntegrityStatus.VERIFIED:
         return f"checksum verified ({integrity['algorithm']} {integrity['stored']})"
-    if integrity["status"] == "no checksum":
+    if status is IntegrityStatus.NO_CHECKSUM:
         return "no checksum (written before checksums were added, or by plain torch.save)"
     return f"{integrity['status']}: {integrity['detail']}"
 

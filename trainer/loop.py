@@ -30,7 +30,7 @@ from trainer.precision import make_precision
 from trainer.preemption import InterruptFlag, PreemptionFlag
 from trainer.progress import EpochProgress, ensure_console_logging
 from trainer.result import FitResult, FitStatus
-from trainer.resume import ResumeState
+from trainer.resume import ResumeState, SaveReason
 from trainer.rng import restore_rng_states
 from trainer.steps import close_epoch, drain
 from trainer.validation import run_validation
@@ -354,7 +354,7 @@ class GenericTrainer:
         self._has_state = True
         return self.state
 
-    def save(self, reason: str = "manual") -> Path | None:
+    def save(self, reason: SaveReason | str = SaveReason.MANUAL) -> Path | None:
         """Write a checkpoint now (rank 0 writes; every rank's data position goes in the file)."""
         self.state.save_reason = reason
         path = self._io.write(self.checkpoint_payload(), self.state, self.latest_metrics())

@@ -18,7 +18,7 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from statefuldata import IncompatibleStateError
+from statefuldata import IncompatibleStateError, Phase
 from trainer.checkpoints import (
     KEY_CONFIG_SNAPSHOT,
     KEY_DATALOADER_MANAGER,
@@ -198,7 +198,7 @@ def saved_world_size(payload: Mapping[str, Any]) -> int:
 
 
 def _fingerprints_know_world_sizes(data: Mapping[str, Any]) -> bool:
-    states = [data.get(f"{phase}_iterator_state") for phase in ("train", "val")]
+    states = [data.get(phase.state_key) for phase in Phase]
     return all(
         KEY_WORLD_SIZES in state["fingerprint"]
         for state in states

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import attrs
 
+from trainer.validators import to_enum
+
 __all__ = ["FitResult", "FitStatus"]
 
 
@@ -27,9 +29,16 @@ class FitStatus(str, enum.Enum):
 @attrs.frozen
 class FitResult:
     """How ``fit()`` ended: its ``status`` (a :class:`FitStatus` value, kept a plain str so that it
-    pickles and saves anywhere), where training stands, the last file and the latest metrics."""
+    pickles and saves anywhere, ``torch.load(weights_only=True)`` included), where training stands,
+    the last file and the latest metrics.
 
-    status: str = attrs.field(converter=lambda value: FitStatus(value).value)
+    Example:
+        >>> result = FitResult(FitStatus.PREEMPTED, epoch=1, global_step=40)
+        >>> result.status == FitStatus.PREEMPTED == "preempted", type(result.status).__name__
+        (True, 'str')
+    """
+
+    status: str = attrs.field(converter=lambda value: to_enum(FitStatus, value, "status").value)
     epoch: int
     global_step: int
     checkpoint_path: Path | None = None

@@ -19,7 +19,7 @@ import attrs
 
 from trainer.validators import int_at_least, to_enum
 
-__all__ = ["ResumePhase", "ResumeState"]
+__all__ = ["ResumePhase", "ResumeState", "SaveReason"]
 
 
 class ResumePhase(enum.Enum):
@@ -28,6 +28,34 @@ class ResumePhase(enum.Enum):
     TRAIN = "train"
     VAL = "val"
     DONE = "done"
+
+
+class SaveReason(str, enum.Enum):
+    """Why a checkpoint was written: ``resume_state["save_reason"]``, saved as its plain string
+    value. Compares equal to that value (``SaveReason.STEP == "step"``)."""
+
+    UNSET = ""  #: a ResumeState not (yet) written by the trainer
+    STEP = "step"  #: every ``save_every_n_steps`` optimizer steps
+    EPOCH_END = "epoch_end"  #: every ``save_every_n_epochs`` epochs
+    PREEMPTED = "preempted"  #: a preemption signal was agreed
+    MANUAL = "manual"  #: ``GenericTrainer.save()`` called directly
+    LEGACY = "legacy"  #: migrated from a legacy (pre-v1) file
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def _to_reason(value: Any) -> Any:
+    """A known reason as its member; another str (a reason of a newer trainer) is kept as is."""
+    if isinstance(value, str):
+        try:
+            return SaveReason(value)
+        except ValueError:
+            return str(value)
+    return value  # refused by the validator, which names the type
 
 
 def _count() -> Any:
@@ -51,9 +79,12 @@ class ResumeState:
         optimizer_steps_in_epoch: Optimizer steps taken in ``epoch``.
         preempted: The checkpoint was written because of a preemption signal.
         completed: Training had finished (``max_epochs`` reached) when it was written.
-        save_reason: Why it was written, e.g. ``"step"``, ``"epoch"``, ``"preemption"``, ``"manual"``.
+        save_reason: Why it was written, a :class:`SaveReason` (``"step"``, ``"epoch_end"``,
+            ``"preempted"``, ``"manual"``, ``"legacy"``; ``""`` before any save). A string that no
+            member has (written by another trainer version) is kept as it is.
 
-    State keys (``to_dict``): the attribute names above; ``phase`` is stored as its string value.
+    State keys (``to_dict``): the attribute names above; ``phase`` and ``save_reason`` are stored
+    as their plain string values.
     """
 
     phase: ResumePhase = attrs.field(
@@ -66,7 +97,9 @@ class ResumeState:
     optimizer_steps_in_epoch: int = _count()
     preempted: bool = _flag()
     completed: bool = _flag()
-    save_reason: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    save_reason: str = attrs.field(  # a SaveReason member, or a str no member has
+        default="", converter=_to_reason, validator=attrs.validators.instance_of(str)
+    )
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -77,6 +110,8 @@ class ResumeState:
         """Return the state as a plain dict (str, int, bool values only)."""
         out = attrs.asdict(self, recurse=False)
         out["phase"] = self.phase.value
+        reason = self.save_reason
+        out["save_reason"] = reason.value if isinstance(reason, SaveReason) else str(reason)
         return out
 
     @classmethod

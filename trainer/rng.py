@@ -5,6 +5,7 @@ The captured dict is the checkpoint's ``rng_states`` field (format v1)::
     {
         "python_random": tuple,        # random.getstate()
         "numpy_random": tuple,         # np.random.get_state(), key array as an int64 tensor
+                                       # (statefuldata.seeding.mt19937_to_plain)
         "torch_cpu": ByteTensor,       # torch.get_rng_state()
         "torch_cuda": list[ByteTensor] | None,  # None only when CUDA is unavailable
     }
@@ -32,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from statefuldata.seeding import mt19937_from_plain, mt19937_to_plain
+
 __all__ = [
     "KEY_NUMPY",
     "KEY_PYTHON",
@@ -58,14 +61,7 @@ def capture_rng_states() -> dict[str, Any]:
         The ``rng_states`` dict described in the module docstring (copies; later draws do not
         change it).
     """
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    numpy_state = (
-        str(name),
-        torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
-        int(pos),
-        int(has_gauss),
-        float(cached_gaussian),
-    )
+    numpy_state = mt19937_to_plain(np.random.get_state(legacy=True))
     cuda = (
         [s.clone() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
     )
@@ -80,14 +76,6 @@ def capture_rng_states() -> dict[str, Any]:
 def _python_state(state: Any) -> tuple[Any, ...]:
     version, internal, gauss_next = state
     return (int(version), tuple(int(v) for v in internal), gauss_next)
-
-
-def _numpy_state(state: Any) -> tuple[Any, ...]:
-    name, keys, pos, has_gauss, cached_gaussian = state
-    if isinstance(keys, torch.Tensor):
-        keys = keys.numpy()
-    keys = np.asarray(keys, dtype=np.int64).astype(np.uint32)
-    return (str(name), keys, int(pos), int(has_gauss), float(cached_gaussian))
 
 
 def restore_rng_states(states: Mapping[str, Any]) -> None:
@@ -108,7 +96,7 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
         )
     try:
         python_state = _python_state(states[KEY_PYTHON])
-        numpy_state = _numpy_state(states[KEY_NUMPY])
+        numpy_state = mt19937_from_plain(states[KEY_NUMPY])
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"rng_states holds a malformed Python or numpy state ({exc}); "

@@ -12,7 +12,7 @@ from typing import Any
 from trainer.config import SchedulerInterval, ValidationFrequency
 from trainer.inflight import EPOCH_ACTIONS, RUN_ONCE, Action, LoopState
 from trainer.preemption import PreemptionFlag
-from trainer.resume import ResumePhase
+from trainer.resume import ResumePhase, SaveReason
 
 __all__ = ["act", "close_epoch", "drain"]
 
@@ -33,7 +33,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
     elif action is Action.SAVE_IF_DUE:
         every = config.checkpoint.save_every_n_steps
         if every and step % every == 0:
-            trainer.save("step")
+            trainer.save(SaveReason.STEP)
     elif action is Action.STEP_CALLBACKS:
         for callback in trainer.callbacks:  # after this step's validation and checkpoint
             callback.on_optimizer_step(trainer)
@@ -41,7 +41,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
         if preemption.agreed(trainer.device if trainer.device.type == "cuda" else None):
             state.preempted = True
             if trainer._loop.saved_at != step:
-                trainer.save("preempted")
+                trainer.save(SaveReason.PREEMPTED)
             return True
     elif action is Action.EPOCH_SCHEDULERS:
         if config.scheduler_interval is SchedulerInterval.EPOCH and state.optimizer_steps_in_epoch:
@@ -61,7 +61,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
     elif action is Action.EPOCH_SAVE:
         every = config.checkpoint.save_every_n_epochs
         if every and (state.epoch % every == 0 or state.completed):
-            trainer.save("epoch_end")
+            trainer.save(SaveReason.EPOCH_END)
     return False
 
 

@@ -17,10 +17,13 @@ from typing import Any
 
 import attrs
 
-# One enum conversion for both packages (trainer may import statefuldata, never the reverse).
+# One enum conversion and one int check for both packages (trainer may import statefuldata, never
+# the reverse).
+from statefuldata.validators import int_at_least as _int_at_least
 from statefuldata.validators import to_enum
 
 __all__ = [
+    "as_list",
     "check_logger_names",
     "check_loss_weights",
     "check_optimizer_ids",
@@ -41,19 +44,15 @@ is_bool = attrs.validators.instance_of(bool)
 
 
 def int_at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
-    """Validator: an int (not a bool) >= ``minimum``; None also allowed when ``optional``."""
-
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, int):
-            allowed = "an int or None" if optional else "an int"
-            raise TypeError(f"'{attribute.name}' must be {allowed} (got {value!r})")
-        if value < minimum:
-            hint = "; pass None to disable it" if optional else ""
-            raise ValueError(f"'{attribute.name}' must be >= {minimum} (got {value}){hint}")
-
-    return check
+    """Validator: an int (not a bool, not a numpy integer: configs are saved as they are) >=
+    ``minimum``; None also allowed when ``optional``. :func:`statefuldata.validators.int_at_least`
+    with the trainer's wording."""
+    return _int_at_least(
+        minimum,
+        optional=optional,
+        hint="pass None to disable it" if optional else "",
+        allow_numpy=False,
+    )
 
 
 def positive_float_or_none(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -151,6 +150,16 @@ def check_signals(_instance: Any, attribute: attrs.Attribute, value: tuple[Any, 
                 f"'{attribute.name}' holds {name!r}, which is not a signal name (got {value!r}); "
                 f"use names such as {sorted(_CATCHABLE_SIGNALS - {'SIGBREAK', 'SIGPWR'})}"
             )
+
+
+def as_list(value: Any) -> list[Any]:
+    """``None`` -> ``[]``, a list or tuple -> a list, anything else -> a one-element list.
+
+    The one normaliser of "one or several" arguments (optimizers, schedulers, loaders).
+    """
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def optional_tuple(value: Any) -> tuple[Any, ...] | None:

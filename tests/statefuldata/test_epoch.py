@@ -147,3 +147,22 @@ def test_phase_accepts_members_and_values_alike() -> None:
     by_member = [b.tolist() for _, _, b in manager.create_epoch_iterator(Phase.VAL, 0)]
     assert by_value == by_member == [[0], [1]]
     assert manager.names(Phase.VAL) == manager.names("val") == ("val_0",)
+
+
+def test_proportions_report_counts_draws_against_the_schedules_expected_shares() -> None:
+    from statefuldata.schedule import expected_shares
+
+    config = MultiDataLoaderConfig(
+        sampling_strategy="weighted_random",
+        dataloader_weights=[0.1, 0.2],
+        epoch_length_policy="fixed_num_steps",
+        steps_per_epoch=30,
+    )
+    manager = DataLoaderManager([make_loader(Ids(6)), make_loader(Ids(6))], train_config=config)
+    drawn = [index for index, _, _ in manager.create_epoch_iterator("train", 0)]
+    report = manager.proportions()
+    assert [r["expected_share"] for r in report] == expected_shares(config, [6, 6], 30)
+    assert [r["expected_share"] for r in report] == [1 / 3, 2 / 3]
+    assert [r["batches"] for r in report] == [drawn.count(0), drawn.count(1)]
+    assert [r["actual_share"] for r in report] == [drawn.count(0) / 30, drawn.count(1) / 30]
+    assert [r["loader"] for r in report] == ["train_0", "train_1"]

@@ -16,10 +16,10 @@ from statefuldata.schedule import (
     build_schedule,
     choice_rng_for_epoch,
     epoch_length,
+    expected_shares,
     quotas,
     rng_state_from_plain,
     rng_state_to_plain,
-    schedule_proportions,
 )
 from statefuldata.seeding import derive_seed
 
@@ -298,11 +298,11 @@ def test_weighted_random_is_seeded_by_seed_and_epoch() -> None:
 def test_weighted_random_converges_to_the_weights() -> None:
     cfg = fixed("weighted_random", 20000, dataloader_weights=[0.5, 0.3, 0.2, 0.0])
     schedule = build_schedule(cfg, [1] * 4, epoch=0)
-    report = schedule_proportions(cfg, [1] * 4, schedule)
-    assert [r["expected_share"] for r in report] == [0.5, 0.3, 0.2, 0.0]
-    for row in report:
-        assert abs(row["actual_share"] - row["expected_share"]) < 0.02
-    assert report[3]["batches"] == 0
+    assert expected_shares(cfg, [1] * 4, 20000) == [0.5, 0.3, 0.2, 0.0]
+    counts = np.bincount(schedule, minlength=4)
+    for share, expected in zip(counts / len(schedule), [0.5, 0.3, 0.2, 0.0], strict=True):
+        assert abs(share - expected) < 0.02
+    assert counts[3] == 0
 
 
 def test_weighted_random_burst_draws_whole_bursts() -> None:
@@ -350,7 +350,7 @@ def test_schedules_are_pure(strategy: S, policy: P) -> None:
     assert build_schedule(cfg, LENGTHS, epoch=4) == build_schedule(cfg, LENGTHS, epoch=4)
 
 
-def test_proportions_report() -> None:
+def test_expected_shares_are_the_quotas_of_the_epoch() -> None:
     cfg = MultiDataLoaderConfig(
         sampling_strategy="weighted",
         dataloader_weights=[0.5, 0.3, 0.2],
@@ -358,21 +358,12 @@ def test_proportions_report() -> None:
         epoch_length_policy="fixed_num_steps",
         steps_per_epoch=10,
     )
-    schedule = build_schedule(cfg, LENGTHS, epoch=0)
-    report = schedule_proportions(cfg, LENGTHS, schedule)
-    assert report == [
-        {"index": 0, "name": "a", "batches": 5, "expected_share": 0.5, "actual_share": 0.5},
-        {"index": 1, "name": "b", "batches": 3, "expected_share": 0.3, "actual_share": 0.3},
-        {"index": 2, "name": "c", "batches": 2, "expected_share": 0.2, "actual_share": 0.2},
-    ]
-    partial = schedule_proportions(cfg, LENGTHS, schedule[:4])
-    assert sum(r["batches"] for r in partial) == 4
-    assert [r["expected_share"] for r in partial] == [0.5, 0.3, 0.2]
-    assert [r["actual_share"] for r in schedule_proportions(cfg, LENGTHS, [])] == [0.0] * 3
-    with pytest.raises(
-        ValueError, match=r"schedule entries must be loader indices 0..2 \(got 0..3\)"
-    ):
-        schedule_proportions(cfg, LENGTHS, [0, 3])
+    assert expected_shares(cfg, LENGTHS, 10) == [0.5, 0.3, 0.2]
+    assert expected_shares(cfg, LENGTHS, 7) == [q / 7 for q in quotas(cfg, LENGTHS, 7)]
+    assert expected_shares(cfg, LENGTHS, 0) == [0.0, 0.0, 0.0]
+    # WEIGHTED_RANDOM expects the weights, read as the decimals they print as
+    rand = fixed("weighted_random", 10, dataloader_weights=[0.1, 0.2])
+    assert expected_shares(rand, [1, 1], 10) == [1 / 3, 2 / 3]
 
 
 def test_long_sequential_max_of_lengths_is_fast() -> None:

@@ -61,3 +61,26 @@ def test_seed_everything_is_reproducible() -> None:
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     seed_everything(3)
     assert a == (random.random(), np.random.rand(), torch.rand(1).item())
+
+
+def test_mt19937_plain_round_trip_is_exact_and_safe_to_load() -> None:
+    import io
+
+    from statefuldata.seeding import mt19937_from_plain, mt19937_to_plain
+
+    rs = np.random.RandomState(7)
+    rs.standard_normal()  # a cached gaussian is part of the state
+    plain = mt19937_to_plain(rs.get_state(legacy=True))
+    assert [type(x) for x in plain] == [str, torch.Tensor, int, int, float]
+    assert plain[1].dtype == torch.int64 and plain[1].shape == (624,)
+    buffer = io.BytesIO()
+    torch.save(plain, buffer)
+    buffer.seek(0)
+    again = np.random.RandomState(0)
+    again.set_state(mt19937_from_plain(torch.load(buffer, weights_only=True)))
+    assert again.standard_normal() == rs.standard_normal()
+    assert again.randint(0, 2**31, size=4).tolist() == rs.randint(0, 2**31, size=4).tolist()
+    with pytest.raises(ValueError, match=r"an MT19937 state must be \('MT19937', keys, pos"):
+        mt19937_from_plain(("PCG64", plain[1], 0, 0, 0.0))
+    with pytest.raises(ValueError, match=r"MT19937 keys must be 624 words .*\(got 2 words\)"):
+        mt19937_from_plain(("MT19937", torch.zeros(2, dtype=torch.int64), 0, 0, 0.0))

@@ -103,3 +103,60 @@ def test_spec_validation() -> None:
         PipelineSpec(
             loaders=[LoaderSpec(name="a", dataset=Ids(3)), LoaderSpec(name="a", dataset=Ids(3))]
         )
+
+
+def _mixed(**mixing) -> PipelineSpec:
+    loaders = [
+        LoaderSpec(name="a", dataset=Ids(8), batch_size=2, weight=0.75),
+        LoaderSpec(name="b", dataset=Ids(8), batch_size=2, weight=0.25),
+    ]
+    return PipelineSpec(loaders=loaders, steps_per_epoch=6, **mixing)
+
+
+def test_string_modes_give_the_same_spec_as_the_enum_form() -> None:
+    from statefuldata import EpochLengthPolicy, SamplingStrategy
+
+    by_string = _mixed(sampling_strategy="weighted", epoch_length_policy="FIXED_NUM_STEPS")
+    by_enum = _mixed(
+        sampling_strategy=SamplingStrategy.WEIGHTED,
+        epoch_length_policy=EpochLengthPolicy.FIXED_NUM_STEPS,
+    )
+    assert by_string == by_enum and hash(by_string) == hash(by_enum)
+    assert by_string.sampling_strategy is SamplingStrategy.WEIGHTED
+    assert by_string.epoch_length_policy is EpochLengthPolicy.FIXED_NUM_STEPS
+    assert by_string.train_config() is by_string.mixing  # held, not rebuilt per call
+    assert by_string.mixing == MultiDataLoaderConfig(
+        sampling_strategy=SamplingStrategy.WEIGHTED,
+        dataloader_weights=[0.75, 0.25],
+        dataloader_names=["a", "b"],
+        epoch_length_policy=EpochLengthPolicy.FIXED_NUM_STEPS,
+        steps_per_epoch=6,
+    )
+    assert by_string.to_dict() == by_enum.to_dict()
+    assert run(by_string.build(), epochs=1) == run(by_enum.build(), epochs=1)
+    assert by_string != _mixed(
+        sampling_strategy="weighted_random", epoch_length_policy="fixed_num_steps"
+    )
+
+
+def test_mixing_arguments_get_the_configs_converters_and_checks() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"'sampling_strategy' must be one of 'sequential', 'round_robin', 'weighted', "
+        r"'weighted_random', 'alternating' \(got 'weigthed'\)",
+    ):
+        _mixed(sampling_strategy="weigthed")
+    with pytest.raises(ValueError, match=r"'epoch_length_policy' must be one of .* \(got 'max'\)"):
+        _mixed(epoch_length_policy="max")
+    with pytest.raises(
+        ValueError, match=r"'burst_size' must be >= 1 \(got 0\); use 1 for no bursts"
+    ):
+        _mixed(burst_size=0, epoch_length_policy="fixed_num_steps")
+    with pytest.raises(
+        TypeError, match=r"'cycle_short_loaders' must be True or False \(got 'no'\)"
+    ):
+        _mixed(cycle_short_loaders="no", epoch_length_policy="fixed_num_steps")
+    with pytest.raises(ValueError, match=r"'seed' must be an int >= 0 \(got -1\)"):
+        _mixed(seed=-1)
+    pattern = _mixed(sampling_strategy="alternating", alternating_pattern=[0, 0, 1])
+    assert pattern.alternating_pattern == (0, 0, 1)  # the config's converter: a tuple

@@ -57,3 +57,16 @@ def test_int_at_least_is_an_attrs_validator_composable_with_optional() -> None:
     assert Box(None).size is None and Box(2).size == 2
     with pytest.raises(ValueError, match=r"'size' must be >= 1 \(got 0\)"):
         Box(0)
+
+
+def test_check_int_optional_and_plain_int_only() -> None:
+    import numpy as np
+
+    ours.check_int("k", None, minimum=1, optional=True)  # None allowed
+    with pytest.raises(TypeError, match=r"'k' must be an int or None \(got 1.5\)"):
+        ours.check_int("k", 1.5, minimum=1, optional=True)
+    with pytest.raises(TypeError, match=r"'k' must be an int \(got None\)"):
+        ours.check_int("k", None, minimum=1)
+    ours.check_int("k", np.int64(3), minimum=1)  # numpy integers by default
+    with pytest.raises(TypeError, match=r"'k' must be an int \(got np.int64\(3\)\)"):
+        ours.check_int("k", np.int64(3), minimum=1, allow_numpy=False)

@@ -83,3 +83,45 @@ def test_validation_on_init_and_load() -> None:
         ResumeState(epoch=1.5)  # type: ignore[arg-type]
     state.phase = "done"  # type: ignore[assignment]
     assert state.phase is ResumePhase.DONE
+
+
+def test_save_reason_is_an_enum_saved_as_its_plain_value() -> None:
+    from trainer.resume import SaveReason
+
+    state = ResumeState(save_reason="preempted")
+    assert state.save_reason is SaveReason.PREEMPTED and state.save_reason == "preempted"
+    assert state == ResumeState(save_reason=SaveReason.PREEMPTED)
+    assert ResumeState().save_reason is SaveReason.UNSET
+    state.save_reason = "epoch_end"  # converted on assignment too
+    assert state.save_reason is SaveReason.EPOCH_END
+    plain = state.to_dict()["save_reason"]
+    assert type(plain) is str and plain == "epoch_end"
+    # a reason no member has (another trainer version) is kept, not refused
+    assert ResumeState(save_reason="resharded").to_dict()["save_reason"] == "resharded"
+    with pytest.raises(TypeError, match=r"'save_reason' must be <class 'str'> \(got 3"):
+        ResumeState(save_reason=3)
+
+
+def test_the_trainer_writes_each_save_reason_as_a_plain_string(tmp_path) -> None:
+    from statefuldata import make_loader
+    from tests.data import Features
+    from trainer import CheckpointConfig, GenericTrainer, GenericTrainerConfig
+    from trainer.checkpoints import read_checkpoint
+
+    model = torch.nn.Linear(8, 1)
+    config = GenericTrainerConfig(
+        progress_bar=False,
+        checkpoint=CheckpointConfig(root_dir=tmp_path, save_every_n_steps=2, max_checkpoints=None),
+    )
+    trainer = GenericTrainer(config, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.set_training_step(
+        lambda t, batch, *_: {"loss": torch.nn.functional.mse_loss(t.model(batch["x"]), batch["y"])}
+    )
+    trainer.fit([make_loader(Features(20), batch_size=4)], max_epochs=1)  # 5 steps
+    reasons = {}
+    for path in sorted(tmp_path.glob("*.ckpt")):
+        if path.name != "latest.ckpt":
+            saved = read_checkpoint(path)
+            reasons[saved["global_step"]] = saved["resume_state"]["save_reason"]
+    assert reasons == {2: "step", 4: "step", 5: "epoch_end"}
+    assert all(type(r) is str for r in reasons.values())

@@ -128,3 +128,13 @@ def test_cuda_rng_round_trip() -> None:
     torch.rand(5, device="cuda")
     restore_rng_states(states)
     assert torch.equal(torch.rand(5, device="cuda"), expected)
+
+
+def test_the_trainer_saves_numpy_global_state_with_the_same_conversion() -> None:
+    from statefuldata.seeding import mt19937_to_plain
+    from trainer.rng import KEY_NUMPY
+
+    np.random.seed(3)
+    ours = mt19937_to_plain(np.random.get_state(legacy=True))
+    saved = capture_rng_states()[KEY_NUMPY]
+    assert saved[0] == ours[0] and saved[2:] == ours[2:] and torch.equal(saved[1], ours[1])

@@ -25,6 +25,7 @@ from trainer.checkpoints.errors import CheckpointError
 from trainer.precision import Precision, _load_scaler_state
 from trainer.resume import ResumeState
 from trainer.rng import restore_rng_states
+from trainer.validators import as_list
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,14 +80,6 @@ V1_KEYS = (
 MANAGER_CHOICE_RNG_KEY = "choice_rng"
 
 
-def _as_list(objs: Any) -> list[Any]:
-    if objs is None:
-        return []
-    if isinstance(objs, (list, tuple)):
-        return list(objs)
-    return [objs]
-
-
 def scaler_state_of(scaler: Any) -> dict[str, Any] | None:
     """The state to save for ``scaler``: a GradScaler's (None when disabled), a dict as given."""
     if scaler is None or isinstance(scaler, Mapping):
@@ -128,8 +121,8 @@ def build_payload(
         KEY_EPOCH: int(epoch),
         KEY_GLOBAL_STEP: int(global_step),
         KEY_MODEL: model.state_dict(),
-        KEY_OPTIMIZERS: [o.state_dict() for o in _as_list(optimizers)],
-        KEY_SCHEDULERS: [s.state_dict() for s in _as_list(schedulers)],
+        KEY_OPTIMIZERS: [o.state_dict() for o in as_list(optimizers)],
+        KEY_SCHEDULERS: [s.state_dict() for s in as_list(schedulers)],
         KEY_SCALER: None if scaler_state is None else dict(scaler_state),
         KEY_RNG: None if rng_states is None else dict(rng_states),
         KEY_DATALOADER_MANAGER: manager_state,
@@ -207,7 +200,7 @@ def apply_payload(
         ValueError: Counts differ, the scaler state has nowhere to go, or ``resume_state`` or
             ``rng_states`` is malformed.
     """
-    optimizers, schedulers = _as_list(optimizers), _as_list(schedulers)
+    optimizers, schedulers = as_list(optimizers), as_list(schedulers)
     _check_count("optimizer", payload[KEY_OPTIMIZERS], optimizers)
     _check_count("scheduler", payload[KEY_SCHEDULERS], schedulers)
     resume = ResumeState.from_dict(payload[KEY_RESUME])

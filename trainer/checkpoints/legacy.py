@@ -24,7 +24,7 @@ from trainer.checkpoints.format import (
     MANAGER_CHOICE_RNG_KEY,
     V1_KEYS,
 )
-from trainer.resume import ResumeState
+from trainer.resume import ResumeState, SaveReason
 
 __all__ = ["migrate_legacy_payload"]
 
@@ -63,7 +63,9 @@ def migrate_legacy_payload(
             changes.append(f"{singular} -> {plural}")
     epoch, step = int(old.get(KEY_EPOCH, 0)), int(old.get(KEY_GLOBAL_STEP, 0))
     if KEY_RESUME not in old:
-        old[KEY_RESUME] = ResumeState(epoch=epoch, global_step=step, save_reason="legacy").to_dict()
+        old[KEY_RESUME] = ResumeState(
+            epoch=epoch, global_step=step, save_reason=SaveReason.LEGACY
+        ).to_dict()
     defaults: dict[str, Any] = {KEY_SAVE_TIMESTAMP: 0.0, KEY_EPOCH: epoch, KEY_GLOBAL_STEP: step}
     manager_state = old.get(KEY_DATALOADER_MANAGER)
     if isinstance(manager_state, dict):
