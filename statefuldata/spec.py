@@ -8,16 +8,25 @@ stores as the checkpoint's ``config_snapshot``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
-from statefuldata.config import EpochLengthPolicy, MultiDataLoaderConfig, SamplingStrategy
+# The config's own converters: the spec reads and compares the mixing arguments exactly as the config
+# does (and the config, built from them, validates them).
+from statefuldata.config import (
+    EpochLengthPolicy,
+    MultiDataLoaderConfig,
+    SamplingStrategy,
+    _to_bool,
+    _to_pattern,
+    _to_policy,
+    _to_strategy,
+)
 from statefuldata.loader import make_loader
 from statefuldata.manager import DataLoaderManager
 from statefuldata.persample import PER_SAMPLE_SEED_DEFAULT
-from statefuldata.validators import check_int, int_at_least
+from statefuldata.validators import int_at_least, numpy_int_to_int
 
 __all__ = ["LoaderSpec", "PipelineSpec"]
 
@@ -95,16 +104,17 @@ def _loader_specs(value: Any) -> tuple[LoaderSpec, ...]:
     return tuple(value)
 
 
-@attrs.frozen(kw_only=True, init=False)
+@attrs.frozen(kw_only=True)
 class PipelineSpec:
     """A whole data pipeline: train (and optional val) loaders and how they are mixed.
 
     The mixing arguments (``sampling_strategy``, ``epoch_length_policy``, ``steps_per_epoch``,
-    ``alternating_pattern``, ``cycle_short_loaders``, ``burst_size``) and the loaders' names and
-    weights are held as one :class:`~statefuldata.MultiDataLoaderConfig` (:meth:`train_config`),
-    built once here with that class's converters and checks: ``sampling_strategy="weighted"`` gives
-    the same spec as ``SamplingStrategy.WEIGHTED``, and a bad value raises the config's error. The
-    same names read back as properties.
+    ``alternating_pattern``, ``cycle_short_loaders``, ``burst_size``) take
+    :class:`~statefuldata.MultiDataLoaderConfig`'s converters, and with the loaders' names and weights
+    they build the one config the spec holds (``mixing``, also :meth:`train_config`), once, at
+    construction: ``sampling_strategy="weighted"`` gives the same spec as
+    ``SamplingStrategy.WEIGHTED``, a bad value raises the config's error, and ``attrs.evolve``
+    rebuilds the config from the changed arguments.
 
     Example:
         >>> spec = PipelineSpec(
@@ -117,78 +127,42 @@ class PipelineSpec:
         ['a', 'a', 'a', 'b']
     """
 
-    loaders: tuple[LoaderSpec, ...]
-    mixing: MultiDataLoaderConfig
-    val_loaders: tuple[LoaderSpec, ...]
-    seed: int
-    rank: int
-    world_size: int
+    loaders: tuple[LoaderSpec, ...] = attrs.field(converter=_loader_specs)
+    sampling_strategy: SamplingStrategy = attrs.field(
+        default=SamplingStrategy.SEQUENTIAL, converter=_to_strategy
+    )
+    epoch_length_policy: EpochLengthPolicy = attrs.field(
+        default=EpochLengthPolicy.SUM_OF_LENGTHS, converter=_to_policy
+    )
+    steps_per_epoch: int | None = attrs.field(default=None, converter=numpy_int_to_int)
+    seed: int = attrs.field(default=0, validator=int_at_least(0, single=True))
+    alternating_pattern: tuple[int, ...] | None = attrs.field(default=None, converter=_to_pattern)
+    cycle_short_loaders: bool = attrs.field(default=True, converter=_to_bool)
+    burst_size: int = attrs.field(default=1, converter=numpy_int_to_int)
+    val_loaders: tuple[LoaderSpec, ...] = attrs.field(default=(), converter=_loader_specs)
+    rank: int = 0
+    world_size: int = 1
+    #: The train loaders' mixing config, built from the fields above (derived: not compared).
+    mixing: MultiDataLoaderConfig = attrs.field(init=False, eq=False, repr=False)
 
-    def __init__(
-        self,
-        *,
-        loaders: Iterable[LoaderSpec],
-        sampling_strategy: SamplingStrategy | str = SamplingStrategy.SEQUENTIAL,
-        epoch_length_policy: EpochLengthPolicy | str = EpochLengthPolicy.SUM_OF_LENGTHS,
-        steps_per_epoch: int | None = None,
-        seed: int = 0,
-        alternating_pattern: Sequence[int] | None = None,
-        cycle_short_loaders: bool = True,
-        burst_size: int = 1,
-        val_loaders: Iterable[LoaderSpec] = (),
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        check_int("seed", seed, minimum=0, single=True)
-        train = _loader_specs(loaders)
-        if not train:
+    def __attrs_post_init__(self) -> None:
+        if not self.loaders:
             raise ValueError("PipelineSpec needs at least one LoaderSpec in 'loaders' (got none)")
-        weights = [spec.weight for spec in train]
+        weights = [spec.weight for spec in self.loaders]
         mixing = MultiDataLoaderConfig(  # validates strategy, weights and names once, here
-            sampling_strategy=sampling_strategy,
+            sampling_strategy=self.sampling_strategy,
             dataloader_weights=None if all(w is None for w in weights) else weights,
-            alternating_pattern=alternating_pattern,
-            dataloader_names=[spec.name for spec in train],
-            epoch_length_policy=epoch_length_policy,
-            steps_per_epoch=steps_per_epoch,
-            cycle_short_loaders=cycle_short_loaders,
-            burst_size=burst_size,
-            choice_rng_seed=seed,
+            alternating_pattern=self.alternating_pattern,
+            dataloader_names=[spec.name for spec in self.loaders],
+            epoch_length_policy=self.epoch_length_policy,
+            steps_per_epoch=self.steps_per_epoch,
+            cycle_short_loaders=self.cycle_short_loaders,
+            burst_size=self.burst_size,
+            choice_rng_seed=self.seed,
         )
-        self.__attrs_init__(
-            loaders=train,
-            mixing=mixing,
-            val_loaders=_loader_specs(val_loaders),
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
+        object.__setattr__(self, "mixing", mixing)
         if self.val_loaders:
             self.val_config()
-
-    @property
-    def sampling_strategy(self) -> SamplingStrategy:
-        return self.mixing.sampling_strategy
-
-    @property
-    def epoch_length_policy(self) -> EpochLengthPolicy:
-        return self.mixing.epoch_length_policy
-
-    @property
-    def steps_per_epoch(self) -> int | None:
-        return self.mixing.steps_per_epoch
-
-    @property
-    def alternating_pattern(self) -> tuple[int, ...] | None:
-        return self.mixing.alternating_pattern
-
-    @property
-    def cycle_short_loaders(self) -> bool:
-        return self.mixing.cycle_short_loaders
-
-    @property
-    def burst_size(self) -> int:
-        return self.mixing.burst_size
 
     def train_config(self) -> MultiDataLoaderConfig:
         """The train loaders' :class:`~statefuldata.MultiDataLoaderConfig` (held, not rebuilt)."""

@@ -160,3 +160,19 @@ def test_mixing_arguments_get_the_configs_converters_and_checks() -> None:
         _mixed(seed=-1)
     pattern = _mixed(sampling_strategy="alternating", alternating_pattern=[0, 0, 1])
     assert pattern.alternating_pattern == (0, 0, 1)  # the config's converter: a tuple
+
+
+def test_attrs_evolve_rebuilds_the_held_config_from_the_changed_arguments() -> None:
+    import attrs
+
+    from statefuldata import SamplingStrategy
+
+    spec = _mixed(sampling_strategy="weighted", epoch_length_policy="fixed_num_steps")
+    mixed = attrs.evolve(spec, sampling_strategy="round_robin", seed=3)
+    assert mixed.sampling_strategy is SamplingStrategy.ROUND_ROBIN
+    assert mixed.mixing.sampling_strategy is SamplingStrategy.ROUND_ROBIN
+    assert mixed.mixing.choice_rng_seed == 3
+    assert mixed.steps_per_epoch == spec.steps_per_epoch == 6  # unchanged arguments are kept
+    assert attrs.evolve(spec) == spec
+    with pytest.raises(ValueError, match=r"'sampling_strategy' must be one of .* \(got 'nope'\)"):
+        attrs.evolve(spec, sampling_strategy="nope")
