@@ -21,7 +21,7 @@ from statefuldata.persample import seeded_call
 from statefuldata.phase import Phase
 from statefuldata.protocols import CheckpointableIterable, StatefulSampler
 from statefuldata.samplers import SequentialSampler, ShuffledSampler
-from statefuldata.seeding import derive_seed, sample_rng, seed_everything, seed_worker
+from statefuldata.seeding import RngBackend, derive_seed, sample_rng, seed_everything, seed_worker
 from statefuldata.shuffle import ShuffleBuffer
 from statefuldata.spec import LoaderSpec, PipelineSpec
 from statefuldata.state import DataLoaderState
@@ -45,6 +45,7 @@ __all__ = [
     "PipelineSpec",
     "ResumeMismatchError",
     "ResumeReport",
+    "RngBackend",
     "SamplingStrategy",
     "SeededStatefulDataLoader",
     "SequentialSampler",

@@ -11,6 +11,7 @@ and the trainer's ``rng_states["numpy_random"]`` both use them.
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -18,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from statefuldata.validators import check_int
+from statefuldata.validators import check_int, to_enum
 
-__all__ = ["derive_seed", "sample_rng", "seed_everything", "seed_worker"]
+__all__ = ["RngBackend", "derive_seed", "sample_rng", "seed_everything", "seed_worker"]
 
 _MAX_SEED = 2**63 - 1
 
@@ -83,8 +84,19 @@ def seed_worker(worker_id: int, *, seed: int | None = None, epoch: int = 0, rank
     torch.manual_seed(child)
 
 
+class RngBackend(str, enum.Enum):
+    """Which generator :func:`sample_rng` returns (a str enum: ``"numpy"`` works too)."""
+
+    TORCH = "torch"
+    NUMPY = "numpy"
+
+
 def sample_rng(
-    seed: int, epoch: int, index: int, *, backend: Literal["torch", "numpy"] = "torch"
+    seed: int,
+    epoch: int,
+    index: int,
+    *,
+    backend: RngBackend | Literal["torch", "numpy"] = RngBackend.TORCH,
 ) -> torch.Generator | np.random.Generator:
     """A generator that depends only on ``(seed, epoch, index)`` of one sample.
 
@@ -100,12 +112,14 @@ def sample_rng(
         >>> bool(torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=sample_rng(0, 0, 7))))
         True
     """
+    try:
+        kind = to_enum(RngBackend, backend, "backend")
+    except ValueError:
+        raise ValueError(f"'backend' must be 'torch' or 'numpy' (got {backend!r})") from None
     child = derive_seed(seed, epoch, index)
-    if backend == "torch":
+    if kind is RngBackend.TORCH:
         return torch.Generator().manual_seed(child)
-    if backend == "numpy":
-        return np.random.default_rng(child)
-    raise ValueError(f"'backend' must be 'torch' or 'numpy' (got {backend!r})")
+    return np.random.default_rng(child)
 
 
 _MT_KEY_WORDS = 624

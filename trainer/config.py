@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "Aggregation",
     "AmpDtype",
     "CheckpointConfig",
+    "LoggerName",
     "MonitorMode",
     "NonFiniteLoss",
     "PerformanceConfig",
@@ -234,6 +236,21 @@ class SchedulerInterval(enum.Enum):
     EPOCH = "epoch"
 
 
+class LoggerName(str, enum.Enum):
+    """The built-in loggers ``GenericTrainerConfig.loggers`` names (a str enum: ``"csv"`` compares
+    equal to ``LoggerName.CSV``)."""
+
+    CSV = "csv"
+    TENSORBOARD = "tensorboard"
+
+
+def _to_logger_names(value: str | Iterable[object]) -> tuple[object, ...]:
+    """Names as :class:`LoggerName` members; unknown ones are kept for the validator to report."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    known = {m.value: m for m in LoggerName}
+    return tuple(known.get(n.strip().lower(), n) if isinstance(n, str) else n for n in names)
+
+
 class NonFiniteLoss(enum.Enum):
     """What a NaN or infinite loss does: raise ``FloatingPointError`` before the optimizer step, or
     skip that optimizer step (gradients dropped, counted in ``train/skipped_steps``)."""
@@ -292,9 +309,9 @@ class GenericTrainerConfig:
         default=NonFiniteLoss.RAISE, converter=lambda v: to_enum(NonFiniteLoss, v, "nonfinite_loss")
     )
     log_every_n_steps: int = attrs.field(default=50, validator=int_at_least(1))
-    loggers: tuple[str, ...] = attrs.field(
-        default=("csv", "tensorboard"),
-        converter=lambda v: (v,) if isinstance(v, str) else tuple(v),
+    loggers: tuple[LoggerName, ...] = attrs.field(
+        default=(LoggerName.CSV, LoggerName.TENSORBOARD),
+        converter=_to_logger_names,
         validator=check_logger_names,
     )
     progress_bar: bool = attrs.field(default=True, validator=is_bool)

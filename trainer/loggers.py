@@ -30,6 +30,7 @@ from typing import Any
 
 from trainer.callbacks import Callback
 from trainer.checkpoints.atomic import atomic_write
+from trainer.config import LoggerName
 from trainer.result import FitResult
 
 __all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
@@ -176,13 +177,13 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def default_loggers(names: tuple[str, ...]) -> list[Logger]:
+def default_loggers(names: tuple[LoggerName | str, ...]) -> list[Logger]:
     """The loggers named in ``GenericTrainerConfig.loggers`` ("tensorboard" only when installed)."""
     out: list[Logger] = []
     for name in names:
-        if name == "csv":
+        if name == LoggerName.CSV:
             out.append(CSVLogger())
-        elif name == "tensorboard":
+        elif name == LoggerName.TENSORBOARD:
             if tensorboard_available():
                 out.append(TensorBoardLogger())
             else:

@@ -220,7 +220,7 @@ def loader_config_or_none(_instance: Any, attribute: attrs.Attribute, value: Any
     )
 
 
-LOGGER_NAMES = ("csv", "tensorboard")
+LOGGER_NAMES = ("csv", "tensorboard")  # the values of trainer.config.LoggerName
 
 
 def check_logger_names(_instance: Any, attribute: attrs.Attribute, value: tuple[Any, ...]) -> None:

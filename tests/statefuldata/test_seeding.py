@@ -84,3 +84,14 @@ def test_mt19937_plain_round_trip_is_exact_and_safe_to_load() -> None:
         mt19937_from_plain(("PCG64", plain[1], 0, 0, 0.0))
     with pytest.raises(ValueError, match=r"MT19937 keys must be 624 words .*\(got 2 words\)"):
         mt19937_from_plain(("MT19937", torch.zeros(2, dtype=torch.int64), 0, 0, 0.0))
+
+
+def test_sample_rng_backend_takes_the_enum_or_its_value() -> None:
+    from statefuldata import RngBackend
+
+    by_enum = sample_rng(3, 1, 9, backend=RngBackend.NUMPY)
+    assert isinstance(by_enum, np.random.Generator)
+    assert by_enum.random() == sample_rng(3, 1, 9, backend="numpy").random()
+    g = sample_rng(3, 1, 9, backend=RngBackend.TORCH)
+    assert isinstance(g, torch.Generator)
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=sample_rng(3, 1, 9)))

@@ -133,3 +133,16 @@ def test_signals_accept_a_single_name_and_enum_members() -> None:
 
     assert PreemptionConfig(signals="SIGINT").signals == ("SIGINT",)
     assert PreemptionConfig(signals=[signal.SIGTERM]).signals == ("SIGTERM",)
+
+
+def test_logger_names_become_logger_name_members_and_snapshot_as_plain_strings() -> None:
+    from trainer import GenericTrainerConfig, LoggerName
+
+    config = GenericTrainerConfig(loggers=["CSV", LoggerName.TENSORBOARD])
+    assert config.loggers == (LoggerName.CSV, LoggerName.TENSORBOARD)
+    assert config.loggers == ("csv", "tensorboard")  # a str enum: strings compare equal
+    assert GenericTrainerConfig(loggers="csv").loggers == (LoggerName.CSV,)
+    snapshot = config.to_dict()["loggers"]
+    assert snapshot == ["csv", "tensorboard"] and all(type(n) is str for n in snapshot)
+    with pytest.raises(ValueError, match=r"'loggers' holds unknown logger names \['wandb'\]"):
+        GenericTrainerConfig(loggers=["csv", "wandb"])
