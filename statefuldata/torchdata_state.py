@@ -211,7 +211,9 @@ def join_state(sampler: Any, dataset: Any, rest: dict[str, Any] | None) -> Any:
 
 
 def snapshot_now(
-    state: dict[str, Any], advance_sampler: Callable[[Any, int], Any], batch_size: int
+    state: dict[str, Any],
+    advance_sampler: Callable[[Any, int | None], tuple[Any, int] | None],
+    batch_size: int,
 ) -> dict[str, Any]:
     """``state`` with its worker snapshot moved up to the step it was taken at, when that is free.
 
@@ -220,12 +222,13 @@ def snapshot_now(
     When no worker holds state (a map-style dataset without ``state_dict``: workers only fetch the
     indices they are sent), the snapshot is moved forward on the sampler side instead, without
     loading anything: ``advance_sampler(sampler_state, samples)`` returns the sampler's state
-    ``samples`` indices later (None when it cannot, e.g. past the end of the pass). Returns
-    ``state`` itself (not edited) whenever a condition does not hold.
+    ``samples`` indices later and the indices moved (``samples=None``: to the end of the pass, for a
+    pass that ended), or None when it cannot (e.g. past the end of the pass). Returns ``state``
+    itself (not edited) whenever a condition does not hold.
     """
     steps = state.get(KEY_STEPS_SINCE_SNAPSHOT)
     snapshot = state.get(KEY_SNAPSHOT)
-    if not steps or not isinstance(snapshot, dict) or state.get(KEY_ITERATOR_FINISHED):
+    if not steps or not isinstance(snapshot, dict):
         return state
     workers = snapshot.get(KEY_WORKER_SNAPSHOTS) or {}
     if any(
@@ -240,10 +243,14 @@ def snapshot_now(
     batch = main[key]
     if not _is_torchdata_batch_state(batch) or batch.get("sampler_iter_state") is not None:
         return state
-    samples = int(steps) * batch_size
-    sampler = advance_sampler(batch.get(KEY_SAMPLER_STATE), samples)
-    if sampler is None:
+    # a pass that ended has handed out every index of its sampler (its last partial batch too)
+    finished = bool(state.get(KEY_ITERATOR_FINISHED))
+    moved_sampler = advance_sampler(
+        batch.get(KEY_SAMPLER_STATE), None if finished else int(steps) * batch_size
+    )
+    if moved_sampler is None:
         return state
+    sampler, samples = moved_sampler
     moved_main = {
         **main,
         key: {
