@@ -45,7 +45,11 @@ _SKIPPED = object()
 def _samples_in(batch: Any) -> int:
     """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
     if type(batch) is torch.Tensor and batch.dim():
-        return len(batch)
+        return int(batch.shape[0])
+    if type(batch) in (tuple, list) and batch:  # the usual (inputs, targets) pair, at C speed
+        first = batch[0]
+        if type(first) is torch.Tensor and first.dim():
+            return int(first.shape[0])
     while True:
         if hasattr(batch, "shape") and len(batch.shape) > 0:
             return int(batch.shape[0])
