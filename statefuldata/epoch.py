@@ -8,6 +8,7 @@ groups (:mod:`statefuldata.group`) create these iterators, restore them and reti
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from statefuldata.config import SamplingStrategy
+from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.cursor import Cursor
 from statefuldata.phase import PhasePlan
 from statefuldata.schedule import build_schedule, quotas, rng_state_from_plain
@@ -34,6 +35,7 @@ from statefuldata.state import (
     IteratorState,
 )
 from statefuldata.state import KEYS_ITERATOR as KEYS_ITERATOR
+from statefuldata.validators import check_epoch
 
 __all__ = ["EpochIterator"]
 
@@ -63,6 +65,14 @@ def _samples_in(batch: Any) -> int:
             return 1
 
 
+@functools.lru_cache(maxsize=8)
+def _deterministic_schedule(
+    config: MultiDataLoaderConfig, lengths: tuple[int | None, ...]
+) -> tuple[int, ...]:
+    """The schedule of a strategy without a choice RNG: the same for every epoch."""
+    return tuple(build_schedule(config, lengths, 0))
+
+
 def _in_flight(loader: Any) -> int:
     """Batches a multi-process loader has requested but not yet handed out (prefetch depth)."""
     it = getattr(loader, "_iterator", None)
@@ -86,8 +96,12 @@ class EpochIterator:
         self._plan, self._cursors, self.epoch = plan, cursors, epoch
         #: WEIGHTED_RANDOM's choice RNG at the epoch's start, as plain types (else None).
         self.choice_rng = choice_rng
-        rng = None if choice_rng is None else rng_state_from_plain(choice_rng)
-        self.schedule = build_schedule(plan.config, plan.lengths, epoch, rng=rng)
+        if plan.config.sampling_strategy is not SamplingStrategy.WEIGHTED_RANDOM:
+            check_epoch(epoch)  # the same order every epoch: built once per (config, lengths)
+            self.schedule = list(_deterministic_schedule(plan.config, plan.lengths))
+        else:
+            rng = None if choice_rng is None else rng_state_from_plain(choice_rng)
+            self.schedule = build_schedule(plan.config, plan.lengths, epoch, rng=rng)
         n = len(cursors)
         self.position, self.total_batches = 0, 0
         self.loader_cycles = dict.fromkeys(range(n), 0)
