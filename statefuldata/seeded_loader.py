@@ -11,7 +11,7 @@ from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import Stateful, StatefulDataLoader
 
 from statefuldata.samplers import PositionSampler, advance_state
-from statefuldata.torchdata_state import snapshot_now, start_passes_at_iter
+from statefuldata.torchdata_state import batch_with_islice, snapshot_now, start_passes_at_iter
 from statefuldata.validators import check_epoch
 from statefuldata.views import EpochView
 from statefuldata.workers import _WorkerSeeder, close_at_exit, frozen_heap_for_fork
@@ -63,6 +63,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         start_passes_at_iter(self)  # torchdata < 0.11: a pass starts at iter(), as from 0.11 on
+        batch_with_islice(self)  # torchdata 0.11: a batch in one islice, not index by index
         if "snapshot_every_n_steps" not in kwargs and self.snapshots_free:
             self.snapshot_every_n_steps = None  # no per-step snapshot work in steady state
         self._epoch = -1

@@ -32,6 +32,11 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 from torchdata.stateful_dataloader import Stateful, StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import BatchSampler
 
+try:  # torchdata >= 0.11: the batch sampler's iterator holds the state
+    from torchdata.stateful_dataloader.sampler import _BatchSamplerIterator
+except ImportError:  # pragma: no cover - older torchdata
+    _BatchSamplerIterator = None
+
 __all__ = [
     "KEY_DATASET_STATE",
     "KEY_FETCHER_STATE",
@@ -48,6 +53,7 @@ __all__ = [
     "PRIVATE_ATTRIBUTES",
     "SINGLE_PROCESS_KEYS",
     "batch_sampler_key",
+    "batch_with_islice",
     "installed_batch_sampler_key",
     "join_state",
     "snapshot_now",
@@ -317,3 +323,36 @@ def start_passes_at_iter(loader: Any) -> None:
     batch_sampler = getattr(loader, "batch_sampler", None)
     if type(batch_sampler) is BatchSampler and hasattr(batch_sampler, "next_yielded"):
         batch_sampler.__class__ = _PassAtIterBatchSampler
+
+
+if _BatchSamplerIterator is not None:
+
+    class _IsliceBatchSamplerIterator(_BatchSamplerIterator):
+        """torchdata 0.11's batch sampler iterator, drawing each batch with one ``islice``.
+
+        Its own ``__next__`` draws index by index in Python (an append and a counter update per
+        sample); the batches, ``samples_yielded`` and the state are the same.
+        """
+
+        def __next__(self) -> list[int]:
+            batch = list(itertools.islice(self.sampler_iter, self.batch_size))
+            self.samples_yielded += len(batch)
+            if not batch or (self.drop_last and len(batch) < self.batch_size):
+                raise StopIteration
+            return batch
+
+    class _IsliceBatchSampler(BatchSampler):
+        def __iter__(self) -> Iterator[list[int]]:
+            return _IsliceBatchSamplerIterator(self.sampler, self.batch_size, self.drop_last)
+
+
+def batch_with_islice(loader: Any) -> None:
+    """Give ``loader``'s torchdata 0.11 ``BatchSampler`` (the one ``batch_size=`` makes) an
+    iterator that takes each batch in one ``islice``, in place; a no-op for any other."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if (
+        _BatchSamplerIterator is not None
+        and type(batch_sampler) is BatchSampler
+        and not hasattr(batch_sampler, "next_yielded")
+    ):
+        batch_sampler.__class__ = _IsliceBatchSampler
