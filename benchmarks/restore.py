@@ -10,6 +10,14 @@ import attrs
 from benchmarks.curves import Curve, states_equal
 from benchmarks.harness import Progress, Settings, interleave, quiet_logs
 from benchmarks.report import format_value, power_label
+from benchmarks.restore_trainer import (
+    FULL_PLAN,
+    QUICK_PLAN,
+    trainer_method,
+    trainer_restore,
+    trainer_restore_headline,
+    trainer_restore_table,
+)
 from benchmarks.restore_ways import WAYS, measure, prepare
 from benchmarks.results import BenchmarkResult, Column, Figure, Headline, Panel, Series, Table
 
@@ -180,6 +188,8 @@ def run(settings: Settings) -> BenchmarkResult:
     with quiet_logs("statefuldata", "torchdata"), Progress(settings, "restore") as progress:
         for kind in WAYS:
             results[kind] = {w: _group(kind, plan, w, settings, progress) for w in plan.workers}
+        through = QUICK_PLAN if settings.quick else FULL_PLAN
+        resumed = trainer_restore(through, settings, progress)
     tables, panels = [], []
     for kind, groups in results.items():
         table, kind_panels = _report(kind, plan, groups)
@@ -199,8 +209,8 @@ def run(settings: Settings) -> BenchmarkResult:
     return BenchmarkResult(
         name="restore",
         title="Restore time against position",
-        method=method.replace("\n", " "),
-        tables=tables,
+        method=method.replace("\n", " ") + " Through GenericTrainer: " + trainer_method(),
+        tables=[*tables, trainer_restore_table(through, resumed)],
         figures=[figure],
-        headlines=_headlines(plan, results),
+        headlines=[*_headlines(plan, results), trainer_restore_headline(resumed)],
     )

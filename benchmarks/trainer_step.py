@@ -187,7 +187,7 @@ def run(settings: Settings) -> BenchmarkResult:
                 label="step time, GenericTrainer (no periodic checkpoint) / hand loop",
                 value=stats[PLAIN].median / base,
                 op="<=",
-                threshold=1.05,
+                threshold=1.02,
             )
         ],
         figures=[

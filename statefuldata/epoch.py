@@ -8,12 +8,14 @@ groups (:mod:`statefuldata.group`) create these iterators, restore them and reti
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from statefuldata.config import MultiDataLoaderConfig, SamplingStrategy
 from statefuldata.cursor import Cursor
 from statefuldata.phase import PhasePlan
 from statefuldata.schedule import build_schedule, expected_shares, rng_state_from_plain
@@ -32,6 +34,7 @@ from statefuldata.state import (
     IteratorState,
 )
 from statefuldata.state import KEYS_ITERATOR as KEYS_ITERATOR
+from statefuldata.validators import check_epoch
 
 __all__ = ["EpochIterator"]
 
@@ -43,7 +46,11 @@ _SKIPPED = object()
 def _samples_in(batch: Any) -> int:
     """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
     if type(batch) is torch.Tensor and batch.dim():
-        return len(batch)
+        return int(batch.shape[0])
+    if type(batch) in (tuple, list) and batch:  # the usual (inputs, targets) pair, at C speed
+        first = batch[0]
+        if type(first) is torch.Tensor and first.dim():
+            return int(first.shape[0])
     while True:
         if hasattr(batch, "shape") and len(batch.shape) > 0:
             return int(batch.shape[0])
@@ -55,6 +62,14 @@ def _samples_in(batch: Any) -> int:
             batch = batch[0]
         else:
             return 1
+
+
+@functools.lru_cache(maxsize=8)
+def _deterministic_schedule(
+    config: MultiDataLoaderConfig, lengths: tuple[int | None, ...]
+) -> tuple[int, ...]:
+    """The schedule of a strategy without a choice RNG: the same for every epoch."""
+    return tuple(build_schedule(config, lengths, 0))
 
 
 def _in_flight(loader: Any) -> int:
@@ -80,8 +95,12 @@ class EpochIterator:
         self._plan, self._cursors, self.epoch = plan, cursors, epoch
         #: WEIGHTED_RANDOM's choice RNG at the epoch's start, as plain types (else None).
         self.choice_rng = choice_rng
-        rng = None if choice_rng is None else rng_state_from_plain(choice_rng)
-        self.schedule = build_schedule(plan.config, plan.lengths, epoch, rng=rng)
+        if plan.config.sampling_strategy is not SamplingStrategy.WEIGHTED_RANDOM:
+            check_epoch(epoch)  # the same order every epoch: built once per (config, lengths)
+            self.schedule = list(_deterministic_schedule(plan.config, plan.lengths))
+        else:
+            rng = None if choice_rng is None else rng_state_from_plain(choice_rng)
+            self.schedule = build_schedule(plan.config, plan.lengths, epoch, rng=rng)
         n = len(cursors)
         self.position, self.total_batches = 0, 0
         self.loader_cycles = dict.fromkeys(range(n), 0)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import warnings
 from typing import Any
 
 import attrs
 from torch.utils.data import IterableDataset
-from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader import Stateful, StatefulDataLoader
 
-from statefuldata.samplers import PositionSampler
-from statefuldata.torchdata_state import snapshot_now, start_passes_at_iter
+from statefuldata.samplers import PositionSampler, advance_state
+from statefuldata.torchdata_state import batch_with_islice, snapshot_now, start_passes_at_iter
 from statefuldata.validators import check_epoch
 from statefuldata.views import EpochView
 from statefuldata.workers import _WorkerSeeder, close_at_exit, frozen_heap_for_fork
@@ -53,6 +52,10 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
     With ``persistent_workers=True`` a pass that ran to its end is followed by the next one on the
     same workers; a pass abandoned midway is followed by fresh workers (its prefetched work must not
     leak into the next pass).
+
+    When :attr:`snapshots_free` (a map-style dataset without state, one of our samplers), the state
+    is exact as of the current step without worker snapshots, so ``snapshot_every_n_steps`` defaults
+    to None (torchdata takes none after a pass start) unless one is passed.
     """
 
     KEY_EPOCH = "statefuldata_epoch"
@@ -60,6 +63,9 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         start_passes_at_iter(self)  # torchdata < 0.11: a pass starts at iter(), as from 0.11 on
+        batch_with_islice(self)  # torchdata 0.11: a batch in one islice, not index by index
+        if "snapshot_every_n_steps" not in kwargs and self.snapshots_free:
+            self.snapshot_every_n_steps = None  # no per-step snapshot work in steady state
         self._epoch = -1
         self._restored_epoch: int | None = None
         self._requested: int | None = None
@@ -167,6 +173,22 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
         with frozen_heap_for_fork():
             return close_at_exit(super()._get_iterator())
 
+    @property
+    def snapshots_free(self) -> bool:
+        """Whether the state is current at every step whatever ``snapshot_every_n_steps`` is.
+
+        True for a map-style dataset without ``state_dict`` under one of our samplers with
+        ``batch_size``: its workers hold no state, so :meth:`state_dict` moves torchdata's worker
+        snapshot to the current step on the sampler side, in O(1), and a restore loads no batch it
+        does not yield. Worker snapshots are then pure overhead.
+        """
+        return (
+            self.batch_size is not None
+            and isinstance(self.sampler, PositionSampler)
+            and not isinstance(self.dataset, IterableDataset)
+            and not isinstance(self.dataset, Stateful)
+        )
+
     def state_dict(self) -> dict[str, Any]:
         """torchdata's state, taken at the last batch consumed, with the epoch of the pass.
 
@@ -184,15 +206,19 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
             state = snapshot_now(state, self._advance_sampler, self.batch_size)
         return {**state, self.KEY_EPOCH: self._epoch}
 
-    def _advance_sampler(self, state: Any, samples: int) -> Any:
-        """The state of our sampler ``samples`` indices after ``state`` in its pass, else None."""
-        if not isinstance(state, dict):
+    def _advance_sampler(self, state: Any, samples: int | None) -> tuple[Any, int] | None:
+        """Our sampler's state ``samples`` indices after ``state`` (None: at the end of its pass)
+        and the indices moved; None when the pass ends before. O(1): positions, not indices."""
+        if not isinstance(state, dict) or PositionSampler.KEY_WORLD_SIZE not in state:
             return None
         scratch = attrs.evolve(self.sampler)  # same configuration, none of the live iteration
-        scratch.load_state_dict(state)
-        if sum(1 for _ in itertools.islice(iter(scratch), samples)) < samples:
+        scratch.load_state_dict(state)  # validates the state (fingerprint, position)
+        left = scratch.num_samples - scratch.position
+        if samples is None:
+            samples = left
+        if samples > left:
             return None  # the pass ends before: leave it to torchdata's replay
-        return scratch.state_dict()
+        return advance_state(state, samples), samples
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)

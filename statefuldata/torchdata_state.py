@@ -32,6 +32,11 @@ from torch.utils.data.dataloader import _InfiniteConstantSampler
 from torchdata.stateful_dataloader import Stateful, StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import BatchSampler
 
+try:  # torchdata >= 0.11: the batch sampler's iterator holds the state
+    from torchdata.stateful_dataloader.sampler import _BatchSamplerIterator
+except ImportError:  # pragma: no cover - older torchdata
+    _BatchSamplerIterator = None
+
 __all__ = [
     "KEY_DATASET_STATE",
     "KEY_FETCHER_STATE",
@@ -48,6 +53,7 @@ __all__ = [
     "PRIVATE_ATTRIBUTES",
     "SINGLE_PROCESS_KEYS",
     "batch_sampler_key",
+    "batch_with_islice",
     "installed_batch_sampler_key",
     "join_state",
     "snapshot_now",
@@ -211,7 +217,9 @@ def join_state(sampler: Any, dataset: Any, rest: dict[str, Any] | None) -> Any:
 
 
 def snapshot_now(
-    state: dict[str, Any], advance_sampler: Callable[[Any, int], Any], batch_size: int
+    state: dict[str, Any],
+    advance_sampler: Callable[[Any, int | None], tuple[Any, int] | None],
+    batch_size: int,
 ) -> dict[str, Any]:
     """``state`` with its worker snapshot moved up to the step it was taken at, when that is free.
 
@@ -220,12 +228,13 @@ def snapshot_now(
     When no worker holds state (a map-style dataset without ``state_dict``: workers only fetch the
     indices they are sent), the snapshot is moved forward on the sampler side instead, without
     loading anything: ``advance_sampler(sampler_state, samples)`` returns the sampler's state
-    ``samples`` indices later (None when it cannot, e.g. past the end of the pass). Returns
-    ``state`` itself (not edited) whenever a condition does not hold.
+    ``samples`` indices later and the indices moved (``samples=None``: to the end of the pass, for a
+    pass that ended), or None when it cannot (e.g. past the end of the pass). Returns ``state``
+    itself (not edited) whenever a condition does not hold.
     """
     steps = state.get(KEY_STEPS_SINCE_SNAPSHOT)
     snapshot = state.get(KEY_SNAPSHOT)
-    if not steps or not isinstance(snapshot, dict) or state.get(KEY_ITERATOR_FINISHED):
+    if not steps or not isinstance(snapshot, dict):
         return state
     workers = snapshot.get(KEY_WORKER_SNAPSHOTS) or {}
     if any(
@@ -240,10 +249,14 @@ def snapshot_now(
     batch = main[key]
     if not _is_torchdata_batch_state(batch) or batch.get("sampler_iter_state") is not None:
         return state
-    samples = int(steps) * batch_size
-    sampler = advance_sampler(batch.get(KEY_SAMPLER_STATE), samples)
-    if sampler is None:
+    # a pass that ended has handed out every index of its sampler (its last partial batch too)
+    finished = bool(state.get(KEY_ITERATOR_FINISHED))
+    moved_sampler = advance_sampler(
+        batch.get(KEY_SAMPLER_STATE), None if finished else int(steps) * batch_size
+    )
+    if moved_sampler is None:
         return state
+    sampler, samples = moved_sampler
     moved_main = {
         **main,
         key: {
@@ -310,3 +323,36 @@ def start_passes_at_iter(loader: Any) -> None:
     batch_sampler = getattr(loader, "batch_sampler", None)
     if type(batch_sampler) is BatchSampler and hasattr(batch_sampler, "next_yielded"):
         batch_sampler.__class__ = _PassAtIterBatchSampler
+
+
+if _BatchSamplerIterator is not None:
+
+    class _IsliceBatchSamplerIterator(_BatchSamplerIterator):
+        """torchdata 0.11's batch sampler iterator, drawing each batch with one ``islice``.
+
+        Its own ``__next__`` draws index by index in Python (an append and a counter update per
+        sample); the batches, ``samples_yielded`` and the state are the same.
+        """
+
+        def __next__(self) -> list[int]:
+            batch = list(itertools.islice(self.sampler_iter, self.batch_size))
+            self.samples_yielded += len(batch)
+            if not batch or (self.drop_last and len(batch) < self.batch_size):
+                raise StopIteration
+            return batch
+
+    class _IsliceBatchSampler(BatchSampler):
+        def __iter__(self) -> Iterator[list[int]]:
+            return _IsliceBatchSamplerIterator(self.sampler, self.batch_size, self.drop_last)
+
+
+def batch_with_islice(loader: Any) -> None:
+    """Give ``loader``'s torchdata 0.11 ``BatchSampler`` (the one ``batch_size=`` makes) an
+    iterator that takes each batch in one ``islice``, in place; a no-op for any other."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if (
+        _BatchSamplerIterator is not None
+        and type(batch_sampler) is BatchSampler
+        and not hasattr(batch_sampler, "next_yielded")
+    ):
+        batch_sampler.__class__ = _IsliceBatchSampler

@@ -114,9 +114,12 @@ class TrainerData:
         return {p.value: manager.fingerprint(p) for p in Phase if manager.has_phase(p)}
 
     def set_snapshot_cadence(self) -> None:
-        """Worker snapshots at the checkpoint cadence instead of every batch.
+        """Worker snapshots at the checkpoint cadence instead of every batch, where they cost.
 
-        State stays exact at any step either way: torchdata replays the batches since the last
+        A loader whose state is current at every step without them (``snapshots_free``: a
+        map-style dataset without state under our samplers) takes none, so steady state
+        pays no snapshot work and a restore loads no batch it does not train on. For the others,
+        state stays exact at any step either way: torchdata replays the batches since the last
         snapshot on restore. Without step checkpoints a preemption can still save at any step, so
         the interval is capped to keep that replay short.
         """
@@ -126,5 +129,7 @@ class TrainerData:
         cap = min(self.manager.epoch_length(), SNAPSHOT_CAP)
         interval = every * accumulate if every else cap
         for loader in self.manager.loaders("train"):
-            if hasattr(loader, "snapshot_every_n_steps"):
+            if getattr(loader, "snapshots_free", False):
+                loader.snapshot_every_n_steps = None
+            elif hasattr(loader, "snapshot_every_n_steps"):
                 loader.snapshot_every_n_steps = max(1, interval)

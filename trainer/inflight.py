@@ -7,14 +7,18 @@ unit of work (:class:`Busy`) is running, so that an interruption inside one is k
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from trainer.distributed import gradient_sync
 from trainer.resume import ResumeState
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "Busy",
     "LoopState",
     "Run",
+    "gradient_sync_of",
     "log_interrupt",
 ]
 
@@ -60,7 +65,21 @@ EPOCH_ACTIONS = (
     Action.CHECK_PREEMPTION,
 )
 # user code: leaves the queue before it runs, so a KeyboardInterrupt it raises does not re-run it
-RUN_ONCE = frozenset({Action.STEP_CALLBACKS, Action.EPOCH_CALLBACKS})
+# (a tuple: ``in`` matches members by identity, without Enum's Python-level __hash__)
+RUN_ONCE = (Action.STEP_CALLBACKS, Action.EPOCH_CALLBACKS)
+
+
+_SYNCED = contextlib.nullcontext(True)
+
+
+def _always_synced(model: torch.nn.Module, *, final: bool) -> contextlib.nullcontext[bool]:
+    return _SYNCED
+
+
+def gradient_sync_of(model: torch.nn.Module) -> Callable[..., contextlib.AbstractContextManager]:
+    """:func:`~trainer.distributed.gradient_sync` for a DDP model; for any other, a context that
+    yields True and costs nothing to enter (it is entered every batch)."""
+    return gradient_sync if isinstance(model, DistributedDataParallel) else _always_synced
 
 
 class Busy(enum.Enum):
@@ -88,6 +107,12 @@ class LoopState:
     schedule_checked: bool = False
     scales: list[float] = attrs.field(factory=list)
     owners: list[tuple[int, ...]] = attrs.field(factory=list)
+    #: This fit()'s step actions that can do anything (see :func:`trainer.steps.plan_actions`).
+    step_actions: tuple[Action, ...] = STEP_ACTIONS
+    #: The callbacks whose ``on_train_batch_end`` is not the no-op of the base class.
+    batch_callbacks: list[Any] = attrs.field(factory=list)
+    #: ``gradient_sync(model, final=...)`` for the trainer's model (see trainer.devices).
+    gradient_sync: Any = gradient_sync
 
     def note_exit(self, exc: BaseException, state: ResumeState, root: Path) -> None:
         """``fit()`` is leaving with ``exc``: inside a unit of work the state is now mid-way."""

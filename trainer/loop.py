@@ -20,8 +20,8 @@ from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import GenericTrainerConfig, SchedulerInterval
 from trainer.data import TrainerData, as_list
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
-from trainer.distributed import check_same_schedule, gradient_sync, unwrap, wrap_model
-from trainer.inflight import STEP_ACTIONS, Busy, LoopState, Run
+from trainer.distributed import check_same_schedule, unwrap, wrap_model
+from trainer.inflight import Busy, LoopState, Run
 from trainer.loggers import default_loggers
 from trainer.metrics import describe, scalar_outputs, window_means
 from trainer.optim import WindowStepper, check_losses, check_trainer_args, loss_of, require_grad
@@ -32,7 +32,7 @@ from trainer.progress import EpochProgress, ensure_console_logging
 from trainer.result import FitResult, FitStatus
 from trainer.resume import ResumeState, SaveReason
 from trainer.rng import restore_rng_states
-from trainer.steps import close_epoch, drain
+from trainer.steps import close_epoch, drain, plan_actions
 from trainer.validation import run_validation
 
 __all__ = ["FitResult", "GenericTrainer"]
@@ -181,6 +181,7 @@ class GenericTrainer:
             return FitResult(FITTED, state.epoch, state.global_step, self.last_checkpoint)
         self._data.set_snapshot_cadence()
         self._loop.plan(self.config, len(manager.names("train")), len(self.optimizers))
+        plan_actions(self)
         manager.ignore_signals_in_workers(("SIGINT", *self.config.preemption.signals))
         if self._pending_rng is not None:
             restore_rng_states(self._pending_rng)
@@ -242,7 +243,8 @@ class GenericTrainer:
             loop.schedule_checked = True
         accumulate = self.config.performance.gradient_accumulation_steps
         show = self.config.progress_bar and self.rank == 0
-        with EpochProgress(len(iterator), iterator.position, epoch, enabled=show) as bar:
+        length = len(iterator)
+        with EpochProgress(length, iterator, epoch, enabled=show) as bar:
             while True:
                 loop.busy = Busy.FETCH
                 item = next(iterator, None)
@@ -251,15 +253,13 @@ class GenericTrainer:
                     if self.rank == 0:
                         bar.summarize(self.state, self.latest_metrics())
                     return False
-                final = self.state.micro_step + 1 >= accumulate or iterator.position >= len(
-                    iterator
-                )
+                final = self.state.micro_step + 1 >= accumulate or iterator.position >= length
                 self._train_batch(*item, final=final)
-                bar.batch(sum(iterator.loader_samples))
+                bar.batch()
                 if self.state.micro_step >= accumulate:
                     losses = self._optimizer_step()
                     bar.step(losses, self.optimizers[0], self.state.global_step)
-                    if drain(self, self._loop.pending, run.preemption, run.max_epochs):
+                    if drain(self, loop.pending, run.preemption, run.max_epochs):
                         return True
                 run.interrupt.raise_if_requested()
 
@@ -270,7 +270,7 @@ class GenericTrainer:
         loop.busy = Busy.BATCH
         batch_idx = self.state.batch_in_epoch
         batch = self._to_device(batch)
-        with gradient_sync(self.model, final=final) as synced:
+        with loop.gradient_sync(self.model, final=final) as synced:
             with self.precision.autocast():
                 outputs = self._training_step(self, batch, batch_idx, loader_idx, name)  # type: ignore[misc]
             loss = loss_of(outputs)
@@ -281,13 +281,13 @@ class GenericTrainer:
                 loop.window.update(owners)
                 loop.unsynced = not synced
         loop.window_losses.append((loss.detach(), name, batch_idx))
-        extras = scalar_outputs(outputs)
+        extras = scalar_outputs(outputs) if len(outputs) > 1 else None
         if extras is not None:
             loop.window_extras.append(extras)
         self.state.batch_in_epoch += 1
         self.state.micro_step += 1
         loop.busy = None
-        for callback in self.callbacks:
+        for callback in loop.batch_callbacks:  # those with a hook (see steps.plan_actions)
             callback.on_train_batch_end(self, outputs, batch_idx, loader_idx, name)
 
     def _optimizer_step(self) -> list[torch.Tensor]:
@@ -313,7 +313,7 @@ class GenericTrainer:
             self._log(metrics)
         loop.window_losses, loop.window_extras = [], []
         loop.busy = None
-        loop.pending[:0] = STEP_ACTIONS
+        loop.pending[:0] = loop.step_actions
         return losses
 
     def _recover_or_resume(self, resume_from: str | Path | None) -> None:

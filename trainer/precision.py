@@ -37,6 +37,7 @@ __all__ = ["MixedPrecision", "Precision", "make_precision"]
 
 logger = logging.getLogger(__name__)
 
+_NO_AUTOCAST = contextlib.nullcontext()
 _DTYPES = {AmpDtype.BFLOAT16: torch.bfloat16, AmpDtype.FLOAT16: torch.float16}
 
 
@@ -48,10 +49,9 @@ class Precision:
         """The GradScaler, or None when there is none."""
         return None
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        """Context for the forward pass (here: nothing)."""
-        yield
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """Context for the forward pass (here: nothing; one shared context, entered every batch)."""
+        return _NO_AUTOCAST
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` (scaled first when a scaler is present)."""

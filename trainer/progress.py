@@ -40,34 +40,52 @@ def ensure_console_logging(name: str = "trainer") -> None:
 
 
 class EpochProgress:
-    """The bar of one epoch's ``total`` batches, starting at ``initial`` (a resumed epoch)."""
+    """The bar of one epoch's ``total`` batches of ``epoch_iter`` (a resumed epoch starts at its
+    position); samples are read from the iterator's counts when shown, not counted per batch."""
 
-    def __init__(self, total: int, initial: int, epoch: int, *, enabled: bool) -> None:
+    def __init__(self, total: int, epoch_iter: Any, epoch: int, *, enabled: bool) -> None:
         self.enabled = enabled
         self.bar = tqdm(
-            total=total, initial=initial, desc=f"epoch {epoch}", disable=not enabled, leave=True
+            total=total,
+            initial=epoch_iter.position,
+            desc=f"epoch {epoch}",
+            disable=not enabled,
+            leave=True,
         )
+        self._epoch_iter = epoch_iter
         self.started = self._shown = time.monotonic()
-        self.samples = self.steps = self._samples_shown = 0
+        self._samples_at_start = self._samples_shown = self._samples_now()
+        self.steps = 0
         self.loss: float | None = None
 
-    def batch(self, samples: int) -> None:
-        """One batch of ``samples`` samples done."""
-        self.bar.update(1)
-        self.samples += samples
+    def _samples_now(self) -> int:
+        return sum(self._epoch_iter.loader_samples)
+
+    @property
+    def samples(self) -> int:
+        """Samples trained on in this epoch since the bar started."""
+        return self._samples_now() - self._samples_at_start
+
+    def batch(self) -> None:
+        """One batch done."""
+        if self.enabled:
+            self.bar.update(1)
 
     def step(self, losses: list[torch.Tensor], optimizer: Any, global_step: int) -> None:
         """An optimizer step closed a window with these losses (read at most twice a second)."""
         self.steps += 1
+        if not self.enabled or not losses:
+            return
         now = time.monotonic()
-        if not self.enabled or now - self._shown < _REFRESH_S or not losses:
+        if now - self._shown < _REFRESH_S:
             return
         value = float(torch.stack([x.float() for x in losses]).mean())
         self.loss = (
             value if self.loss is None else _SMOOTHING * self.loss + (1 - _SMOOTHING) * value
         )
-        rate = (self.samples - self._samples_shown) / max(now - self._shown, 1e-9)
-        self._shown, self._samples_shown = now, self.samples
+        samples = self._samples_now()
+        rate = (samples - self._samples_shown) / max(now - self._shown, 1e-9)
+        self._shown, self._samples_shown = now, samples
         self.bar.set_postfix(
             step=global_step,
             loss=f"{self.loss:.4g}",

@@ -9,12 +9,41 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.callbacks import Callback
 from trainer.config import SchedulerInterval, ValidationFrequency
-from trainer.inflight import EPOCH_ACTIONS, RUN_ONCE, Action, LoopState
+from trainer.inflight import (
+    EPOCH_ACTIONS,
+    RUN_ONCE,
+    STEP_ACTIONS,
+    Action,
+    LoopState,
+    gradient_sync_of,
+)
 from trainer.preemption import PreemptionFlag
 from trainer.resume import ResumePhase, SaveReason
 
-__all__ = ["act", "close_epoch", "drain"]
+__all__ = ["act", "close_epoch", "drain", "plan_actions"]
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+
+
+def plan_actions(trainer: Any) -> None:
+    """At ``fit()``'s start: leave out of every step the actions this run can never make do
+    anything (they would only test their condition), note which callbacks have a batch hook, and
+    pick the model's gradient-sync context (one that costs nothing outside DDP).
+    """
+    config, callbacks = trainer.config, trainer.callbacks
+    can_act = {
+        Action.VALIDATE_IF_DUE: config.validation.frequency is ValidationFrequency.EVERY_N_STEPS,
+        Action.SAVE_IF_DUE: bool(config.checkpoint.save_every_n_steps),
+        Action.STEP_CALLBACKS: any(_overrides(c, "on_optimizer_step") for c in callbacks),
+    }
+    loop = trainer._loop
+    loop.step_actions = tuple(a for a in STEP_ACTIONS if can_act.get(a, True))
+    loop.batch_callbacks = [c for c in callbacks if _overrides(c, "on_train_batch_end")]
+    loop.gradient_sync = gradient_sync_of(trainer.model)
 
 
 def close_epoch(loop: LoopState) -> None:
@@ -38,7 +67,9 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
         for callback in trainer.callbacks:  # after this step's validation and checkpoint
             callback.on_optimizer_step(trainer)
     elif action is Action.CHECK_PREEMPTION:
-        if preemption.agreed(trainer.device if trainer.device.type == "cuda" else None):
+        alone = trainer.world_size == 1  # nothing to agree with: the local flag decides
+        device = trainer.device if trainer.device.type == "cuda" else None
+        if preemption.requested if alone else preemption.agreed(device):
             state.preempted = True
             if trainer._loop.saved_at != step:
                 trainer.save(SaveReason.PREEMPTED)

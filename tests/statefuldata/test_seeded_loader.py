@@ -119,6 +119,51 @@ def test_a_dataset_with_state_is_replayed_as_torchdata_does_and_stays_exact(tmp_
     assert data.loaded() >= BATCH * (5 + 9)  # replayed 5 batches, then the 9 left
 
 
+def test_worker_snapshots_are_off_by_default_only_where_they_are_free(tmp_path) -> None:
+    free = make_loader(Logged(tmp_path / "a.log"), batch_size=BATCH, num_workers=WORKERS)
+    assert free.snapshots_free and free.snapshot_every_n_steps is None
+    held = make_loader(LoggedWithState(tmp_path / "b.log"), batch_size=BATCH, num_workers=WORKERS)
+    assert not held.snapshots_free and held.snapshot_every_n_steps == 1  # torchdata's default
+    chosen = make_loader(
+        Logged(tmp_path / "c.log"), batch_size=BATCH, num_workers=WORKERS, snapshot_every_n_steps=7
+    )
+    assert chosen.snapshot_every_n_steps == 7  # a value passed is kept
+
+
+# With no worker snapshot after the pass start (the default), at: the first batch, mid-pass, the
+# last batch drawn without asking for more, and after the pass raised StopIteration.
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [1, 13, 24, "ended"])
+def test_default_loader_resumes_exactly_loading_only_the_prefetch(tmp_path, stop) -> None:
+    def default(dataset: Dataset):
+        return make_loader(dataset, batch_size=BATCH, shuffle=True, seed=3, num_workers=WORKERS)
+
+    reference = _ids(default(Logged(tmp_path / "ref.log")), epochs=2)
+    loader = default(Logged(tmp_path / "first.log"))
+    if stop == "ended":
+        seen = _ids(loader, epochs=1)
+    else:
+        it = iter(loader)
+        seen = [i for _ in range(stop) for i in next(it).tolist()]
+    state = loader.state_dict()
+    assert state[KEY_STEPS_SINCE_SNAPSHOT] == 0
+    resumed_data = Logged(tmp_path / "resumed.log")
+    resumed = default(resumed_data)
+    resumed.load_state_dict(torch.load(_saved(tmp_path, state), weights_only=True))
+    assert resumed_data.loaded() == 0
+    it = iter(resumed)
+    first = next(it, None)
+    # the first batch after the restore: its own items plus at most the prefetch depth
+    assert resumed_data.loaded() <= BATCH * (1 + PREFETCH), resumed_data.loaded()
+    if first is None:  # the resumed pass had nothing left (taken at its last batch)
+        assert stop == N // BATCH and resumed_data.loaded() == 0
+    else:
+        seen += first.tolist() + [i for batch in it for i in batch.tolist()]
+    if len(seen) < len(reference):
+        seen += _ids(resumed, epochs=1)
+    assert seen == reference
+
+
 def test_snapshot_now_leaves_states_it_cannot_move_untouched() -> None:
     def never(state, samples):
         raise AssertionError("must not be asked")

@@ -7,6 +7,7 @@ A torchdata upgrade that moves a key fails here with a message naming the key; t
 from __future__ import annotations
 
 import copy
+import types
 from importlib.metadata import version
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import BatchSampler
 
-from statefuldata import ShuffledSampler, make_loader, verify_resume
+from statefuldata import SequentialSampler, ShuffledSampler, make_loader, verify_resume
 from statefuldata.torchdata_state import (
     KEY_DATASET_STATE,
     KEY_FETCHER_STATE,
@@ -28,6 +29,7 @@ from statefuldata.torchdata_state import (
     PRIVATE_ATTRIBUTES,
     SINGLE_PROCESS_KEYS,
     batch_sampler_key,
+    batch_with_islice,
     installed_batch_sampler_key,
     join_state,
     split_state,
@@ -319,8 +321,25 @@ def test_states_replayed_from_a_pass_start_snapshot_resume_exactly() -> None:
 def test_start_passes_at_iter_touches_only_torchdata_batch_samplers_before_0_11() -> None:
     loader = make_loader(Ids(N), batch_size=BATCH)
     old = hasattr(loader.batch_sampler, "next_yielded")
-    assert (type(loader.batch_sampler) is not BatchSampler) == old
+    assert type(loader.batch_sampler).__name__ == (
+        "_PassAtIterBatchSampler" if old else "_IsliceBatchSampler"
+    )
+    assert type(loader.batch_sampler).__mro__[1] is BatchSampler
     unbatched = StatefulDataLoader(Ids(N), batch_size=None)
     start_passes_at_iter(unbatched)  # no batch sampler: nothing to do
     assert unbatched.batch_sampler is None
     start_passes_at_iter(object())
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_islice_batches_and_states_equal_torchdatas_own(drop_last) -> None:
+    if hasattr(BatchSampler(range(3), 2, False), "next_yielded"):
+        pytest.skip("torchdata < 0.11: its batch sampler holds the state, not its iterator")
+    theirs = BatchSampler(SequentialSampler(10), 4, drop_last)
+    ours = BatchSampler(SequentialSampler(10), 4, drop_last)
+    batch_with_islice(types.SimpleNamespace(batch_sampler=ours))
+    assert type(ours) is not BatchSampler
+    a, b = iter(theirs), iter(ours)
+    for _ in range(4):  # past the end: both stop, with the same count of samples handed out
+        assert next(a, None) == next(b, None)
+        assert a.state_dict() == b.state_dict()

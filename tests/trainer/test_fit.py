@@ -295,8 +295,23 @@ def test_fit_takes_a_pipeline_spec_and_stores_its_snapshot(tmp_path) -> None:
     ]
     payload = read_checkpoint(tmp_path / "latest.ckpt")
     assert payload["config_snapshot"]["data"] == spec.to_dict()
-    # worker snapshots follow the checkpoint cadence instead of every batch
-    assert [ld.snapshot_every_n_steps for ld in trainer.dataloader_manager.loaders()] == [2, 2]
+    # map-style data without state: its state is current at every step, no worker snapshots
+    assert [ld.snapshot_every_n_steps for ld in trainer.dataloader_manager.loaders()] == [
+        None,
+        None,
+    ]
+
+
+def test_worker_snapshots_follow_the_checkpoint_cadence_where_they_cost(tmp_path) -> None:
+    from tests.data import FeatureStream
+
+    trainer = linear_trainer(
+        tmp_path, checkpoint=CheckpointConfig(root_dir=tmp_path, save_every_n_steps=2)
+    )
+    pair = [make_loader(Features(8), batch_size=4), make_loader(FeatureStream(8), batch_size=4)]
+    trainer.fit(pair, max_epochs=1)
+    # the stream's workers hold its state: snapshots at the cadence bound a restore's replay
+    assert [ld.snapshot_every_n_steps for ld in pair] == [None, 2]
 
 
 def test_per_loader_optimizers_only_step_with_their_loader(tmp_path) -> None:

@@ -1,0 +1,115 @@
+"""One loader's throughput: ``make_loader`` against torch's plain ``DataLoader`` and torchdata's.
+
+The same map-style dataset (:class:`~benchmarks.data.SyntheticMap`: an int per item, about a
+microsecond of Python work), batch 64, shuffled, through three loaders built the same way:
+``torch.utils.data.DataLoader(shuffle=True)`` (RandomSampler), torchdata's
+``StatefulDataLoader(shuffle=True)`` (its defaults, snapshot every step) and ``make_loader(
+shuffle=True)`` (our ShuffledSampler, seeded workers, epoch forwarding). With workers every loader
+keeps them (``persistent_workers=True``), so a measurement is one steady-state pass: worker start-up
+is paid once, in the warm-up round. Part of ``python -m benchmarks scheduler``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarks.data import SyntheticMap
+from benchmarks.harness import Progress, Settings, Stat, clock, interleave
+from benchmarks.results import Column, Headline, Table
+from statefuldata import make_loader
+from statefuldata.loader import quiet_stateful_dataloader
+
+__all__ = ["OURS", "PLAIN", "TORCHDATA", "loader_throughput"]
+
+PLAIN, TORCHDATA, OURS = (
+    "torch DataLoader",
+    "torchdata StatefulDataLoader",
+    "make_loader",
+)
+BATCH = 64
+
+
+def _build(name: str, dataset: SyntheticMap, workers: int) -> Any:
+    common: dict[str, Any] = {"batch_size": BATCH, "num_workers": workers}
+    if workers:
+        common["persistent_workers"] = True
+    if name == PLAIN:
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(dataset, shuffle=True, generator=generator, **common)
+    if name == TORCHDATA:
+        return quiet_stateful_dataloader(dataset, shuffle=True, **common)
+    return make_loader(dataset, shuffle=True, seed=0, **common)
+
+
+def _epoch(loader: Any) -> float:
+    return clock(lambda: collections.deque(loader, maxlen=0))
+
+
+def loader_throughput(
+    batches: int, workers: tuple[int, ...], repeats: int, settings: Settings, progress: Progress
+) -> dict[int, dict[str, Stat]]:
+    """Per worker count, the interleaved epoch times of the three loaders over ``batches`` batches."""
+    dataset = SyntheticMap(batches * BATCH)
+    groups: dict[int, dict[str, Stat]] = {}
+    for count in workers:
+        loaders = {name: _build(name, dataset, count) for name in (PLAIN, TORCHDATA, OURS)}
+        variants: dict[str, Callable[[], float]] = {
+            name: partial(_epoch, loader) for name, loader in loaders.items()
+        }
+        groups[count] = interleave(
+            variants, repeats=repeats, warmup=settings.warmup, progress=progress
+        )
+        for loader in loaders.values():
+            iterator = getattr(loader, "_iterator", None)
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
+    return groups
+
+
+def loader_table(batches: int, groups: dict[int, dict[str, Stat]]) -> Table:
+    """Epoch time and throughput of each loader, relative to torch's plain DataLoader."""
+    rows = []
+    for workers, stats in groups.items():
+        plain = stats[PLAIN].median
+        for name, stat in stats.items():
+            rows.append(
+                {
+                    "workers": workers,
+                    "variant": name,
+                    "seconds": stat.median,
+                    "batches_per_s": f"{batches / stat.median:,.0f}",
+                    "throughput_ratio": plain / stat.median,
+                    "stat": stat.to_dict(),
+                }
+            )
+    return Table(
+        title=f"One loader, one shuffled pass of {batches:,} batches of {BATCH} (throughput ratio: "
+        "/ torch DataLoader, higher is better)",
+        columns=[
+            Column("workers", "workers", "int"),
+            Column("variant", "variant"),
+            Column("seconds", "epoch (median)", "seconds"),
+            Column("batches_per_s", "batches/s", "text"),
+            Column("throughput_ratio", "throughput / torch DataLoader", "ratio"),
+        ],
+        rows=rows,
+    )
+
+
+def loader_headline(groups: dict[int, dict[str, Stat]]) -> Headline:
+    """make_loader's throughput over the plain DataLoader's at 0 workers (target >= 0.97)."""
+    stats = groups[0]
+    return Headline(
+        key="loader_throughput",
+        label="batches/s, make_loader / torch DataLoader (0 workers)",
+        value=stats[PLAIN].median / stats[OURS].median,
+        op=">=",
+        threshold=0.97,
+    )
