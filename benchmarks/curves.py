@@ -56,9 +56,9 @@ class Curve:
         if not self.points:
             raise ValueError("cannot predict a curve with no measured point; measure one first")
         (k1, s1) = next(iter(self.points.items()))
-        return s1.median * max(
-            1.0, k / k1
-        )  # one point: assume cost proportional to k (pessimistic)
+        if self.flat:  # a constant cost: the one point is the prediction
+            return s1.median
+        return s1.median * max(1.0, k / k1)  # one point: cost proportional to k (pessimistic)
 
     def established(self) -> bool:
         """Whether the measured cost has risen clearly above its constant part (the largest

@@ -45,7 +45,8 @@ class PeerFigure:
     """A figure measured for ours and for peers in one run.
 
     Attributes:
-        kind: How values are formatted: ``"seconds"``, ``"bytes"`` or ``"rate"``.
+        kind: How values are formatted: ``"seconds"``, ``"bytes"``, ``"rate"`` (per second, in
+            millions), ``"count_rate"`` (per second) or ``"count"``.
         higher_is_better: True for throughputs; the best peer is then the largest value.
     """
 
@@ -77,7 +78,10 @@ class PeerFigure:
 
 
 def _cell(m: Measured, kind: str) -> str:
-    text = f"{m.value:,.0f}/s" if kind == "count_rate" else format_value(m.value, kind)
+    if kind in ("count_rate", "count"):
+        text = f"{m.value:,.0f}" + ("/s" if kind == "count_rate" else "")
+    else:
+        text = format_value(m.value, kind)
     return f"~{text} ({m.basis})" if m.basis else text
 
 
@@ -108,6 +112,25 @@ def _restore(results: dict[str, Any]) -> Iterator[PeerFigure]:
                     for key, label in peers.items()
                     if row.get(f"{key}_seconds") is not None
                 ],
+            )
+
+
+def _restore_trainer(results: dict[str, Any]) -> Iterator[PeerFigure]:
+    for table in _tables(results, "restore"):
+        if not table["title"].startswith("GenericTrainer resumed"):
+            continue
+        k = max(r["k"] for r in table["rows"])
+        rows = _variants(table, lambda r, k=k: r["k"] == k)
+        ours = next((v for name, v in rows.items() if name.startswith("ours")), None)
+        if ours is None:
+            continue
+        peers = {name: v for name, v in rows.items() if not name.startswith("ours")}
+        for key, kind, what in (("items", "count", "items loaded"), ("seconds", "seconds", "time")):
+            yield PeerFigure(
+                figure=f"trainer resumed at step {k:,} (2 workers): {what} before the first step",
+                kind=kind,
+                ours=Measured("ours", ours[key]),
+                peers=[Measured(name, v[key]) for name, v in peers.items()],
             )
 
 
@@ -192,6 +215,24 @@ def _loops(results: dict[str, Any]) -> Iterator[PeerFigure]:
                 )
 
 
+def _loader(results: dict[str, Any]) -> Iterator[PeerFigure]:
+    for table in _tables(results, "scheduler"):
+        if not table["title"].startswith("One loader"):
+            continue
+        for workers in sorted({r["workers"] for r in table["rows"]}):
+            rows = _variants(table, lambda r, w=workers: r["workers"] == w)
+            if "make_loader" in rows:
+                yield PeerFigure(
+                    figure=f"one shuffled loader, {workers} workers: batches per second",
+                    kind="count_rate",
+                    higher_is_better=True,
+                    ours=Measured("ours", _per_second(rows["make_loader"])),
+                    peers=[
+                        Measured(k, _per_second(v)) for k, v in rows.items() if k != "make_loader"
+                    ],
+                )
+
+
 def _per_second(row: dict[str, Any]) -> float:
     value = row["batches_per_s"]
     return float(value.replace(",", "")) if isinstance(value, str) else float(value)
@@ -227,7 +268,7 @@ def _checkpoint(results: dict[str, Any]) -> Iterator[PeerFigure]:
             )
 
 
-_SOURCES = (_restore, _sampler, _state_size, _loops, _checkpoint)
+_SOURCES = (_restore, _restore_trainer, _sampler, _state_size, _loops, _loader, _checkpoint)
 
 
 def peer_figures(payload: dict[str, Any]) -> list[PeerFigure]:

@@ -8,6 +8,8 @@ loop iterates the loader and does forward, ``zero_grad``, backward, ``step``. Th
 a checkpoint every 100 optimizer steps (atomic write with fsync, 2 kept). Each measurement builds
 fresh model, optimizer and loader outside the timed region and times the whole training run;
 the table gives seconds per optimizer step. Auto-resume is off and each run gets a new folder.
+Peers, when Lightning is installed: the same work as a Lightning Fabric loop and through
+``lightning.Trainer`` (see :mod:`benchmarks.trainer_peers`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from benchmarks import trainer_peers
 from benchmarks.data import Regression
 from benchmarks.harness import Progress, Settings, clock, interleave, quiet_logs
 from benchmarks.results import BenchmarkResult, Column, Figure, Headline, Panel, Series, Table
@@ -143,6 +146,21 @@ def run(settings: Settings) -> BenchmarkResult:
         PLAIN: lambda: _trainer(plan, dataset, None, {}),
         EVERY: lambda: _trainer(plan, dataset, 100, keep),
     }
+    notes: list[str] = []
+    missing = trainer_peers.available()
+    if missing:
+        notes.append(missing)
+    else:
+
+        def setup() -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+            return _setup(plan, dataset)
+
+        variants[trainer_peers.FABRIC] = lambda: trainer_peers.fabric_loop(
+            setup, plan.epochs, plan.steps
+        )
+        variants[trainer_peers.LIGHTNING] = lambda: trainer_peers.lightning_trainer(
+            setup, plan.epochs, plan.steps
+        )
     repeats = max(settings.repeats, plan.min_repeats)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls; no OpenMP spinning against other load on few cores
@@ -160,6 +178,7 @@ def run(settings: Settings) -> BenchmarkResult:
     return BenchmarkResult(
         name="trainer",
         title="Trainer overhead",
+        notes=notes,
         method=(__doc__ or "").split("\n", 1)[1].strip().replace("\n", " "),
         tables=[
             Table(

@@ -113,6 +113,8 @@ def test_a_fresh_run_yields_a_peer_figure_for_every_benchmark_with_peers(
         "data state",
         "training step",
         "weighted mix",
+        "one shuffled loader",
+        "trainer resumed at step",
     ):
         assert any(f.figure.startswith(prefix) for f in figures), (prefix, figures)
     if payload["benchmarks"]["checkpoint"]["status"] == "ok":

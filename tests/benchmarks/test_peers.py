@@ -67,6 +67,8 @@ def test_every_benchmark_with_peers_has_figures_in_the_committed_results() -> No
         "checkpoint of 400 MB: save",
         "training stall of an asynchronous save",
         "restore into the model",
+        "one shuffled loader",
+        "trainer resumed at step",
     ):
         assert any(n.startswith(expected) or expected in n for n in names), (expected, names)
     for figure in figures:
