@@ -199,38 +199,27 @@ def _loops(results: dict[str, Any]) -> Iterator[PeerFigure]:
                 ],
             )
     for table in _tables(results, "scheduler")[:1]:
-        for workers in sorted({r["workers"] for r in table["rows"]}):
-            rows = _variants(table, lambda r, w=workers: r["workers"] == w)
-            if "DataLoaderManager" in rows:
-                yield PeerFigure(
-                    figure=f"weighted mix of 3 loaders, {workers} workers: batches per second",
-                    kind="count_rate",
-                    higher_is_better=True,
-                    ours=Measured("ours", _per_second(rows["DataLoaderManager"])),
-                    peers=[
-                        Measured(k, _per_second(v))
-                        for k, v in rows.items()
-                        if k != "DataLoaderManager"
-                    ],
-                )
+        yield from _throughput(table, "DataLoaderManager", "weighted mix of 3 loaders")
 
 
 def _loader(results: dict[str, Any]) -> Iterator[PeerFigure]:
     for table in _tables(results, "scheduler"):
-        if not table["title"].startswith("One loader"):
-            continue
-        for workers in sorted({r["workers"] for r in table["rows"]}):
-            rows = _variants(table, lambda r, w=workers: r["workers"] == w)
-            if "make_loader" in rows:
-                yield PeerFigure(
-                    figure=f"one shuffled loader, {workers} workers: batches per second",
-                    kind="count_rate",
-                    higher_is_better=True,
-                    ours=Measured("ours", _per_second(rows["make_loader"])),
-                    peers=[
-                        Measured(k, _per_second(v)) for k, v in rows.items() if k != "make_loader"
-                    ],
-                )
+        if table["title"].startswith("One loader"):
+            yield from _throughput(table, "make_loader", "one shuffled loader")
+
+
+def _throughput(table: dict[str, Any], ours: str, what: str) -> Iterator[PeerFigure]:
+    """Batches per second of the ``ours`` variant against the others, per worker count."""
+    for workers in sorted({r["workers"] for r in table["rows"]}):
+        rows = _variants(table, lambda r, w=workers: r["workers"] == w)
+        if ours in rows:
+            yield PeerFigure(
+                figure=f"{what}, {workers} workers: batches per second",
+                kind="count_rate",
+                higher_is_better=True,
+                ours=Measured("ours", _per_second(rows[ours])),
+                peers=[Measured(k, _per_second(v)) for k, v in rows.items() if k != ours],
+            )
 
 
 def _per_second(row: dict[str, Any]) -> float:
