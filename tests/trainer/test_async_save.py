@@ -226,9 +226,15 @@ class _FullDisk:
         self._inner.close()
 
 
-def _payload(step: int, fill: float) -> dict:
+def _model(fill: float) -> torch.nn.Module:
     model = torch.nn.Linear(2, 2)
     model.register_buffer("big", torch.full((1000,), fill))
+    return model
+
+
+def _payload(step: int, fill: float = 1.0, model: torch.nn.Module | None = None) -> dict:
+    """A small v1 payload at ``step``, of ``model`` (a fresh one holding ``fill`` by default)."""
+    model = _model(fill) if model is None else model
     return build_payload(
         model=model,
         optimizers=[],
@@ -420,21 +426,7 @@ def test_a_second_async_save_never_overwrites_the_buffers_of_a_write_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager = CheckpointManager(CheckpointConfig(root_dir=tmp_path, async_save=True))
-    model = torch.nn.Linear(2, 2)
-    model.register_buffer("big", torch.full((1000,), 1.0))
-
-    def payload_now(step: int) -> dict:
-        return build_payload(
-            model=model,
-            optimizers=[],
-            schedulers=[],
-            scaler_state=None,
-            rng_states=None,
-            dataloader_manager_state=None,
-            resume_state=ResumeState(global_step=step),
-            epoch=0,
-            global_step=step,
-        )
+    model = _model(1.0)
 
     held = _HeldCommits(monkeypatch, hold=1)  # the first write stays in flight ...
     original_snapshot, original_wait = StagingArea.snapshot, BackgroundJob.wait
@@ -450,7 +442,7 @@ def test_a_second_async_save_never_overwrites_the_buffers_of_a_write_in_flight(
         original_wait(job, **kwargs)
 
     monkeypatch.setattr(StagingArea, "snapshot", snapshot_spy)
-    first = manager.write_payload(payload_now(1), epoch=0, global_step=1, metrics=None)
+    first = manager.write_payload(_payload(1, model=model), epoch=0, global_step=1, metrics=None)
     staged = manager._saver.staging.nbytes
     with torch.no_grad():
         model.big.fill_(2.0)  # the next step changes the tensor the first snapshot copied
@@ -458,7 +450,7 @@ def test_a_second_async_save_never_overwrites_the_buffers_of_a_write_in_flight(
     second = threading.Thread(
         name="second save",
         target=manager.write_payload,
-        args=(payload_now(2),),
+        args=(_payload(2, model=model),),
         kwargs={"epoch": 0, "global_step": 2, "metrics": None},
     )
     second.start()
