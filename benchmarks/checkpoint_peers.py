@@ -177,16 +177,25 @@ class Peers:
 
     def dcp_async(self, payload: Mapping[str, Any], *, until_durable: bool) -> float:
         """``torch.distributed.checkpoint.async_save``: until it returns, or until its future."""
+        start = time.perf_counter()
+        pending = self.dcp_async_start({"model": payload[KEY_MODEL]})
+        if until_durable:
+            pending[0].result()
+        seconds = time.perf_counter() - start
+        self.dcp_async_end(pending)
+        return seconds
+
+    def dcp_async_start(self, state: Mapping[str, Any]) -> tuple[Any, Path]:
+        """Start ``async_save`` of ``state`` into a new folder; :meth:`dcp_async_end` ends it."""
         folder = self._next("dcp-async")
         with _quiet():
-            start = time.perf_counter()
-            future = self.dcp.async_save({"model": payload[KEY_MODEL]}, checkpoint_id=str(folder))
-            if until_durable:
-                future.result()
-            seconds = time.perf_counter() - start
-            future.result()
-        _remove(folder)
-        return seconds
+            return self.dcp.async_save(dict(state), checkpoint_id=str(folder)), folder
+
+    def dcp_async_end(self, pending: tuple[Any, Path]) -> None:
+        """Wait for a started ``async_save`` and remove its folder."""
+        with _quiet():
+            pending[0].result()
+        _remove(pending[1])
 
     def write_dcp(self, payload: Mapping[str, Any], folder: Path) -> None:
         with _quiet():

@@ -230,6 +230,11 @@ def _per_second(row: dict[str, Any]) -> float:
 _CHECKPOINT = (
     ("save", "ours: sync save", "save"),
     ("async save", "ours: async save, stall", "training stall of an asynchronous save"),
+    (
+        "async save in a training step",
+        "ours: async save, deferred copy (the trainer's), stall",
+        "training stall of an asynchronous save inside a training step",
+    ),
     ("restore", "ours: restore_from_checkpoint (verified)", "restore into the model"),
 )
 _NOT_PEERS = re.compile(r"^(ours|raw write|one CRC|torch\.save, atomic)")
@@ -247,7 +252,7 @@ def _checkpoint(results: dict[str, Any]) -> Iterator[PeerFigure]:
             if ours_label not in rows:
                 continue
             peers = {k: v for k, v in rows.items() if not _NOT_PEERS.match(k)}
-            if section == "async save":  # only another asynchronous save's stall is comparable
+            if section.startswith("async save"):  # only another async save's stall compares
                 peers = {k: v for k, v in peers.items() if k.endswith("stall")}
             yield PeerFigure(
                 figure=f"checkpoint of {format_value(size, 'bytes')}: {what}",

@@ -2,7 +2,12 @@
 
 from trainer.callbacks import Callback
 from trainer.checkpoints import load_checkpoint, save_checkpoint
-from trainer.checkpoints.errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
+from trainer.checkpoints.errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointWriteError,
+    SnapshotChangedError,
+)
 from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import (
     Aggregation,
@@ -54,6 +59,7 @@ __all__ = [
     "ResumeState",
     "SaveReason",
     "SchedulerInterval",
+    "SnapshotChangedError",
     "TensorBoardLogger",
     "ValidationConfig",
     "ValidationFrequency",

@@ -126,6 +126,12 @@ class CheckpointConfig:
             optimizer state, kept between saves. Callbacks' ``on_checkpoint`` runs when the save
             is started; the file is complete after ``trainer.checkpoints.wait()``. An error of
             the write is raised by the next save or at the end of ``fit()``.
+        defer_snapshot: With ``async_save``, the parameters and optimizer state (CPU tensors) are
+            copied while the next forward and backward run, and the next optimizer step waits
+            for that copy, instead of being copied inside the save (CheckFreq's idea: only the
+            optimizer step changes them). A tensor changed in place before its copy (by a
+            training step or callback; not seen through ``.data``) fails that save with
+            ``SnapshotChangedError`` rather than writing a torn copy: set False for such code.
 
     The folder takes one writer at a time: saving holds an exclusive lock on ``root_dir/.lock``
     (see :meth:`trainer.checkpoints.manager.CheckpointManager.acquire`); ``fit()`` holds it throughout.
@@ -153,6 +159,7 @@ class CheckpointConfig:
     allow_overwrite: bool = attrs.field(default=False, validator=is_bool)
     file_mode: int | None = attrs.field(default=None)
     async_save: bool = attrs.field(default=False, validator=is_bool)
+    defer_snapshot: bool = attrs.field(default=True, validator=is_bool)
 
     @file_mode.validator
     def _check_file_mode(self, attribute: attrs.Attribute, value: Any) -> None:

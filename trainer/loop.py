@@ -170,14 +170,11 @@ class GenericTrainer:
     ) -> FitResult:
         self._recover_or_resume(resume_from)
         if self.state.epoch >= max_epochs and not self._loop.pending:
-            logger.info(
-                "Training is already complete: %d of %d epochs done (step %d); nothing to train. "
-                "Raise max_epochs to continue.",
-                self.state.epoch,
-                max_epochs,
-                self.state.global_step,
-            )
             state = self.state
+            done = f"{state.epoch} of {max_epochs} epochs done (step {state.global_step})"
+            logger.info(
+                "Training is already complete: %s; nothing to train. Raise max_epochs", done
+            )
             return FitResult(FITTED, state.epoch, state.global_step, self.last_checkpoint)
         self._data.set_snapshot_cadence()
         self._loop.plan(self.config, len(manager.names("train")), len(self.optimizers))
@@ -199,6 +196,7 @@ class GenericTrainer:
         defer = self.config.preemption.defer_keyboard_interrupt and "SIGINT" not in signals
         with PreemptionFlag(signals) as preemption, InterruptFlag(defer) as interrupt:
             preempted = self._train(Run(manager, preemption, interrupt, max_epochs))
+        self.checkpoints.wait_snapshot()  # on_fit_end may change the parameters
         result = FitResult(
             FitStatus.PREEMPTED if preempted else FitStatus.COMPLETED,
             self.state.epoch,
@@ -287,6 +285,8 @@ class GenericTrainer:
         self.state.batch_in_epoch += 1
         self.state.micro_step += 1
         loop.busy = None
+        if loop.batch_callbacks:  # a callback may change the parameters: a deferred copy first
+            self.checkpoints.wait_snapshot()
         for callback in loop.batch_callbacks:  # those with a hook (see steps.plan_actions)
             callback.on_train_batch_end(self, outputs, batch_idx, loader_idx, name)
 
@@ -299,6 +299,7 @@ class GenericTrainer:
             loop.window_losses, self.config.nonfinite_loss, state.epoch, state.global_step + 1
         )
         loop.skipped_steps += not finite
+        self.checkpoints.wait_snapshot()  # the save in flight has copied what the step changes
         self._stepper.step(sorted(loop.window), finite=finite, unsynced=loop.unsynced)
         loop.unsynced = False
         loop.window.clear()
@@ -318,15 +319,9 @@ class GenericTrainer:
 
     def _recover_or_resume(self, resume_from: str | Path | None) -> None:
         """Go back to the last checkpoint when an interruption left memory mid-batch, else resume."""
-        dirty = self._loop.dirty
+        dirty, has_state = self._loop.dirty, self._has_state
         interrupted = None if dirty is None else dirty.value
-        found = resume_source(
-            self.checkpoints,
-            self.config,
-            resume_from,
-            has_state=self._has_state,
-            interrupted=interrupted,
-        )
+        found = resume_source(self.checkpoints, self.config, resume_from, has_state, interrupted)
         if found is not None:
             self.restore_from_payload(found[1], source=str(found[0]))
         if self._data.apply_pending():
@@ -357,7 +352,8 @@ class GenericTrainer:
     def save(self, reason: SaveReason | str = SaveReason.MANUAL) -> Path | None:
         """Write a checkpoint now (rank 0 writes; every rank's data position goes in the file)."""
         self.state.save_reason = reason
-        path = self._io.write(self.checkpoint_payload(), self.state, self.latest_metrics())
+        defer = reason in (SaveReason.STEP, SaveReason.EPOCH_END)  # the loop's own saves
+        path = self._io.write(self.checkpoint_payload(), self.state, self.latest_metrics(), defer)
         self.last_checkpoint, self._loop.saved_at = path, self.state.global_step
         for callback in self.callbacks:
             callback.on_checkpoint(self, path)
@@ -381,6 +377,7 @@ class GenericTrainer:
         self._log(metrics)
         if self.rank == 0:
             logger.info("validation at step %d%s", self.state.global_step, describe(metrics, "val"))
+        self.checkpoints.wait_snapshot()  # a callback may change the parameters
         for callback in self.callbacks:
             callback.on_validation_end(self, metrics)
         return metrics

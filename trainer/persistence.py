@@ -249,7 +249,6 @@ def resume_source(
     checkpoints: CheckpointManager,
     config: GenericTrainerConfig,
     resume_from: str | Path | None,
-    *,
     has_state: bool,
     interrupted: str | None = None,
 ) -> tuple[Path, dict[str, Any]] | None:
@@ -342,12 +341,36 @@ class TrainerIO:
             snapshot=self.snapshot(),
         )
 
+    def deferrable(self) -> list[torch.Tensor]:
+        """The tensors only an optimizer step changes: parameters and optimizer state."""
+        tensors: list[torch.Tensor] = list(self.model.parameters())
+        for optimizer in self.optimizers:
+            for state in optimizer.state.values():
+                tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+        return tensors
+
     def write(
-        self, payload: Mapping[str, Any], state: ResumeState, metrics: Mapping[str, float]
+        self,
+        payload: Mapping[str, Any],
+        state: ResumeState,
+        metrics: Mapping[str, float],
+        defer: bool = False,
     ) -> Path | None:
-        """Rank 0 writes ``payload`` through the checkpoint manager; every rank waits for it."""
-        path = None
-        if self.rank == 0:
+        """Rank 0 writes ``payload`` through the checkpoint manager; every rank waits for it.
+
+        ``defer``: an asynchronous save may copy :meth:`deferrable` after it returns (the caller
+        calls ``checkpoints.wait_snapshot()`` before the next optimizer step).
+        """
+        path, checkpoint = None, self.config.checkpoint
+        if self.rank == 0 and checkpoint.async_save:
+            path = self.checkpoints.write_payload_async(
+                payload,
+                epoch=state.epoch,
+                global_step=state.global_step,
+                metrics=metrics,
+                defer=self.deferrable() if defer and checkpoint.defer_snapshot else (),
+            )
+        elif self.rank == 0:
             path = self.checkpoints.write_payload(
                 payload, epoch=state.epoch, global_step=state.global_step, metrics=metrics
             )

@@ -64,6 +64,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
         if every and step % every == 0:
             trainer.save(SaveReason.STEP)
     elif action is Action.STEP_CALLBACKS:
+        trainer.checkpoints.wait_snapshot()  # a callback may change the parameters
         for callback in trainer.callbacks:  # after this step's validation and checkpoint
             callback.on_optimizer_step(trainer)
     elif action is Action.CHECK_PREEMPTION:
@@ -82,6 +83,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
         if validation.frequency is ValidationFrequency.PER_EPOCH:
             trainer.validate()
     elif action is Action.EPOCH_CALLBACKS:
+        trainer.checkpoints.wait_snapshot()
         for callback in trainer.callbacks:
             callback.on_epoch_end(trainer, state.epoch)
     elif action is Action.NEXT_EPOCH:

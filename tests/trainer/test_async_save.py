@@ -50,6 +50,7 @@ def trainer_for(
     log: list | None = None,
     callbacks: tuple[Callback, ...] = (),
     async_save: bool = True,
+    defer_snapshot: bool = True,
 ) -> GenericTrainer:
     """The harness run (tests/trainer/harness.py), saving every 5 steps and at each epoch end."""
     torch.manual_seed(0)
@@ -71,7 +72,11 @@ def trainer_for(
             choice_rng_seed=3,
         ),
         checkpoint=CheckpointConfig(
-            root_dir=root, save_every_n_steps=5, max_checkpoints=3, async_save=async_save
+            root_dir=root,
+            save_every_n_steps=5,
+            max_checkpoints=3,
+            async_save=async_save,
+            defer_snapshot=defer_snapshot,
         ),
         performance=PerformanceConfig(gradient_accumulation_steps=2, clip_grad_norm=1.0),
         progress_bar=False,
@@ -308,9 +313,12 @@ KILLED_CHILD = textwrap.dedent(
     from pathlib import Path
     import torch
     import trainer.checkpoints.io as checkpoint_io
+    from trainer.checkpoints import build_payload
     from trainer.checkpoints.commit import FolderCommitter
     from trainer.checkpoints.manager import CheckpointManager
+    from trainer.checkpoints.snapshot import Snapshot
     from trainer.config import CheckpointConfig
+    from trainer.resume import ResumeState
 
     root, signals, where = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 
@@ -336,25 +344,39 @@ KILLED_CHILD = textwrap.dedent(
         if where == "before-latest" and target.name.endswith("step=000002.ckpt"):
             hold("writing")  # the file is complete and renamed; latest not moved yet
         return point(committer, name, target, **kwargs)
+    copy = Snapshot.copy_deferred
+    def paused_copy(snapshot):
+        if where == "mid-copy" and snapshot.payload["global_step"] == 2:
+            hold("writing")  # the save returned; its deferred copy is not made yet
+        return copy(snapshot)
     checkpoint_io.save_with_checksum, FolderCommitter.point = paused_save, paused_point
+    Snapshot.copy_deferred = paused_copy
 
     manager = CheckpointManager(CheckpointConfig(root_dir=root, async_save=True))
     model = torch.nn.Linear(2, 2)
     model.register_buffer("big", torch.zeros(1_000_000))
     for step in (1, 2):
         model.big.fill_(step)
-        manager.save_checkpoint(model=model, optimizers=[], epoch=0, global_step=step)
+        payload = build_payload(
+            model=model, optimizers=[], schedulers=[], scaler_state=None, rng_states=None,
+            dataloader_manager_state=None, resume_state=ResumeState(global_step=step),
+            epoch=0, global_step=step,
+        )  # "big" is copied on the writer thread, as the trainer defers its parameters
+        manager.write_payload_async(
+            payload, epoch=0, global_step=step, metrics=None, defer=[model.big]
+        )
         if step == 1:
             manager.wait()
-    model.big.fill_(-1.0)  # training goes on: the snapshot being written is not affected
     (signals / "returned").touch()
+    manager.wait_snapshot()  # as the trainer does before its next optimizer step
+    model.big.fill_(-1.0)  # training goes on: the snapshot being written is not affected
     time.sleep(600)
     """
 )
 
 
 @pytest.mark.slow  # a real subprocess, killed with SIGKILL
-@pytest.mark.parametrize("where", ["mid-file", "before-latest"])
+@pytest.mark.parametrize("where", ["mid-copy", "mid-file", "before-latest"])
 def test_kill_9_during_an_async_save_keeps_the_previous_checkpoint(
     tmp_path: Path, where: str
 ) -> None:
@@ -379,7 +401,9 @@ def test_kill_9_during_an_async_save_keeps_the_previous_checkpoint(
     assert check_integrity(first).status is IntegrityStatus.VERIFIED
     assert read_checkpoint(root / "latest.ckpt")["model_state_dict"]["big"].eq(1.0).all()
     temps = [p for p in root.iterdir() if p.name.endswith(".tmp")]
-    if where == "mid-file":  # the partial file never got its name
+    if where == "mid-copy":  # nothing of step 2 was written
+        assert not second.exists() and not temps
+    elif where == "mid-file":  # the partial file never got its name
         assert not second.exists() and len(temps) == 1 and temps[0].stat().st_size >= 1 << 20
     else:  # complete under its name; latest still on step 1
         assert not temps and check_integrity(second).status is IntegrityStatus.VERIFIED
@@ -431,9 +455,9 @@ def test_a_second_async_save_never_overwrites_the_buffers_of_a_write_in_flight(
     held = _HeldCommits(monkeypatch, hold=1)  # the first write stays in flight ...
     original_snapshot, original_wait = StagingArea.snapshot, BackgroundJob.wait
 
-    def snapshot_spy(staging, payload):
+    def snapshot_spy(staging, payload, **kwargs):
         held.events.append(("snapshot", payload["global_step"]))
-        return original_snapshot(staging, payload)
+        return original_snapshot(staging, payload, **kwargs)
 
     def wait_spy(job, **kwargs):
         if threading.current_thread().name == "second save" and not held.release.is_set():

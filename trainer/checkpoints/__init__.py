@@ -12,7 +12,12 @@
 The format is documented in ``FORMAT.md`` beside this package's modules.
 """
 
-from trainer.checkpoints.errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
+from trainer.checkpoints.errors import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointWriteError,
+    SnapshotChangedError,
+)
 from trainer.checkpoints.format import (
     FORMAT_VERSION,
     KEY_CHOICE_RNG,
@@ -71,6 +76,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointPayload",
     "CheckpointWriteError",
+    "SnapshotChangedError",
     "TrainerLike",
     "apply_payload",
     "build_payload",

@@ -2,7 +2,8 @@
 
 ``CheckpointError`` (a ``RuntimeError``) means a file cannot be used; ``CheckpointLockedError`` is
 one of them, raised when another writer holds the folder; ``CheckpointWriteError`` (an ``OSError``,
-``errno`` kept) means a save failed for a reason of the file system.
+``errno`` kept) means a save failed for a reason of the file system; ``SnapshotChangedError``
+means an asynchronous save was dropped because a tensor it deferred copying changed first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import errno
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["CheckpointError", "CheckpointLockedError", "CheckpointWriteError"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointLockedError",
+    "CheckpointWriteError",
+    "SnapshotChangedError",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -29,6 +35,11 @@ class CheckpointWriteError(OSError):
     The message names the folder, the cause and what to do. Earlier files and ``latest`` are
     unchanged: every write goes to a temp file that is removed when the write fails.
     """
+
+
+class SnapshotChangedError(RuntimeError):
+    """An asynchronous save was not written: a tensor whose copy it deferred (see
+    ``CheckpointConfig.defer_snapshot``) changed in place before the copy; the message names it."""
 
 
 _WRITE_HINTS = {

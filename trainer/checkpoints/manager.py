@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,11 @@ class CheckpointManager:
         """
         self._saver.job.wait(during=during)
 
+    def wait_snapshot(self) -> None:
+        """Wait until the save in flight has copied its ``defer`` tensors (see
+        :meth:`write_payload_async`); raises ``SnapshotChangedError`` when one changed first."""
+        self._saver.wait_snapshot()
+
     # -- paths ------------------------------------------------------------------------------
 
     def path_for(self, epoch: int, global_step: int) -> Path:
@@ -282,19 +287,23 @@ class CheckpointManager:
         epoch: int,
         global_step: int,
         metrics: Mapping[str, Any] | None,
+        defer: Iterable[torch.Tensor] = (),
     ) -> Path:
         """Copy ``payload`` to host memory, write it in the background, return its path.
 
-        Blocks for the save in flight and the copy only (into host buffers reused from save to
-        save; pinned and asynchronous for CUDA tensors). Every guarantee of :meth:`write_payload`
-        holds: until the write is done ``latest`` stays on the previous file, and a process killed
-        meanwhile loses only this save. Errors of the write are raised by the next :meth:`wait`.
+        Blocks for the save in flight and the copy only (into reused host buffers; pinned and
+        asynchronous for CUDA tensors). Every guarantee of :meth:`write_payload` holds: ``latest``
+        stays on the previous file until the write is done, and a kill meanwhile loses only this
+        save. Errors of the write are raised by the next :meth:`wait`. ``defer``: CPU tensors of
+        ``payload`` the caller leaves unchanged until :meth:`wait_snapshot` (parameters and
+        optimizer state until the next optimizer step): the background thread copies them,
+        overlapping the caller's next work; one changed in place before its copy fails the save.
 
         Raises:
             CheckpointLockedError: Another writer holds the folder.
             TypeError: The payload holds a type ``weights_only=True`` refuses (raised here).
         """
-        return self._save(payload, epoch, global_step, metrics, True)
+        return self._save(payload, epoch, global_step, metrics, True, defer)
 
     def _save(
         self,
@@ -303,16 +312,10 @@ class CheckpointManager:
         global_step: int,
         metrics: Mapping[str, Any] | None,
         background: bool,
+        defer: Iterable[torch.Tensor] = (),
     ) -> Path:
         path = self.path_for(epoch, global_step)
-        self._saver.save(
-            payload,
-            path,
-            epoch=epoch,
-            global_step=global_step,
-            metrics=metrics,
-            background=background,
-        )
+        self._saver.save(payload, path, epoch, global_step, metrics, background, defer)
         return path
 
     @property
@@ -389,10 +392,6 @@ class CheckpointManager:
                 "start a new run"
             )
         path, payload, resume = found
-        logger.info(
-            "Restored %s (epoch %s, global step %s)",
-            path,
-            payload[KEY_EPOCH],
-            payload[KEY_GLOBAL_STEP],
-        )
-        return int(payload[KEY_EPOCH]), int(payload[KEY_GLOBAL_STEP]), resume
+        epoch, step = payload[KEY_EPOCH], payload[KEY_GLOBAL_STEP]
+        logger.info("Restored %s (epoch %s, global step %s)", path, epoch, step)
+        return int(epoch), int(step), resume

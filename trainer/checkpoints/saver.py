@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 
 from trainer.checkpoints.background import BackgroundJob
 from trainer.checkpoints.commit import FolderCommitter, Housekeeping
@@ -39,28 +40,32 @@ class FolderSaver:
     job: BackgroundJob = attrs.field(init=False, factory=BackgroundJob)
     staging: StagingArea = attrs.field(init=False, factory=StagingArea)
     _mutex: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _copying: Snapshot | None = attrs.field(init=False, default=None)
 
     def save(
         self,
         payload: Mapping[str, Any],
         path: Path,
-        *,
         epoch: int,
         global_step: int,
         metrics: Mapping[str, Any] | None,
         background: bool,
+        defer: Iterable[torch.Tensor] = (),
     ) -> None:
         """Write ``payload`` as ``path``: now (``background=False``) or on the background thread.
 
         Both ways run the same commit (:meth:`_commit`) and then the same housekeeping on the
         background thread (:meth:`_then_housekeep`); they differ only in where the commit runs and
-        whether it reads the caller's tensors or a snapshot of them.
+        whether it reads the caller's tensors or a snapshot of them. ``defer``: CPU tensors whose
+        storages a background save copies on its thread, before the write.
         """
         self.job.wait()
+        self._copying = None
         self.acquire()
         try:
             if background:
-                snapshot = self.staging.snapshot(payload)  # checks the plain types too
+                storages = {t.untyped_storage().data_ptr() for t in defer if t.device.type == "cpu"}
+                snapshot = self.staging.snapshot(payload, defer=storages)  # checks types too
                 commit = functools.partial(
                     self._commit_snapshot,
                     snapshot,
@@ -72,6 +77,7 @@ class FolderSaver:
                 self.job.start(
                     functools.partial(self._then_housekeep, commit), f"the save of {path}"
                 )
+                self._copying = snapshot if snapshot.deferred_bytes else None
                 return
             work = self._commit(payload, path, epoch, global_step, metrics, check_types=True)
         except BaseException:
@@ -114,10 +120,25 @@ class FolderSaver:
         global_step: int,
         metrics: Mapping[str, Any] | None,
     ) -> Housekeeping:
+        snapshot.copy_deferred()  # raises, before anything is written, if a tensor changed
         snapshot.wait()  # the device-to-host copies
         return self._commit(
             snapshot.payload, path, epoch, global_step, metrics, check_types=False
         )  # the snapshot checked the types
+
+    def wait_snapshot(self) -> None:
+        """Wait until the save in flight has made its deferred copies (at once when it has none).
+
+        Raises:
+            SnapshotChangedError: A deferred tensor changed before its copy: that save is dropped
+                (raised here, once; the folder is as it was).
+        """
+        snapshot, self._copying = self._copying, None
+        if snapshot is None:
+            return
+        snapshot.wait_copied()
+        if snapshot.failed:
+            self.job.wait()  # raises the snapshot's error
 
     def _then_housekeep(self, commit: Callable[[], Housekeeping]) -> None:
         """On the background thread: ``commit()`` (or the work a commit left), then rotation and

@@ -13,6 +13,15 @@ before it reads the buffers, does.
 The caller must not start another snapshot while the previous one is being written (the manager
 waits for the save in flight first): the buffers are reused.
 
+Deferred copies: the storages named in ``defer`` (CPU tensors that only an optimizer step
+changes: parameters, optimizer state) are not copied by :meth:`StagingArea.snapshot` but by
+:meth:`Snapshot.copy_deferred`, which the background writer runs first, while training computes
+its next forward and backward; the caller calls :meth:`Snapshot.wait_copied` before it changes
+any of them (the trainer: right before the next optimizer step). Every deferred tensor's version
+counter is read at the snapshot and again after its copy: a tensor changed in place meanwhile
+(outside the promise) fails the snapshot with :class:`SnapshotChangedError`, naming the tensor,
+instead of writing a torn copy. Only a change through ``.data`` escapes the counter.
+
 Example:
     >>> staging = StagingArea()
     >>> snap = staging.snapshot({"w": torch.ones(2)})
@@ -26,7 +35,7 @@ import concurrent.futures
 import contextlib
 import copy
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -34,6 +43,7 @@ import numpy as np
 import torch
 
 from trainer.checkpoints.crc import default_threads
+from trainer.checkpoints.errors import SnapshotChangedError
 from trainer.checkpoints.io import check_plain_types
 
 __all__ = ["Snapshot", "StagingArea"]
@@ -100,17 +110,74 @@ def copy_shared(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
             future.result()
 
 
-@attrs.frozen
+_Pairs = list[tuple[np.ndarray, np.ndarray]]
+_Versions = list[tuple[torch.Tensor, int, str]]
+
+
+@attrs.define(eq=False)
 class Snapshot:
-    """A payload whose tensors live in staging buffers; :meth:`wait` before reading them."""
+    """A payload whose tensors live in staging buffers; :meth:`wait` before reading them.
+
+    With deferred copies (see the module docstring), :meth:`copy_deferred` makes them and
+    :meth:`wait_copied` waits for them.
+    """
 
     payload: dict[str, Any]
     _ready: tuple[Callable[[], object], ...] = ()
+    _later: _Pairs = attrs.field(factory=list)
+    _versions: _Versions = attrs.field(factory=list)
+    _copied: threading.Event = attrs.field(init=False, factory=threading.Event)
+    #: Whether :meth:`copy_deferred` failed (its error is raised where it ran).
+    failed: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self._later:
+            self._copied.set()
+
+    @property
+    def deferred_bytes(self) -> int:
+        """Bytes whose copy is deferred and not yet made."""
+        return 0 if self._copied.is_set() else sum(t.nbytes for t, _ in self._later)
 
     def wait(self) -> None:
         """Wait for the asynchronous device-to-host copies (a no-op for CPU tensors)."""
         for ready in self._ready:
             ready()
+
+    def copy_deferred(self) -> None:
+        """Make the deferred copies, then check no deferred tensor changed meanwhile.
+
+        Raises:
+            SnapshotChangedError: One did (this snapshot must not be written).
+        """
+        if self._copied.is_set():
+            return
+        try:
+            copy_shared(self._later)
+            changed = [where for t, version, where in self._versions if t._version != version]
+            self.failed = bool(changed)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self._later, self._versions = [], []  # the caller's tensors are not held any longer
+            self._copied.set()
+        if changed:
+            shown = ", ".join(changed[:3]) + (
+                f" and {len(changed) - 3} more" if changed[3:] else ""
+            )
+            raise SnapshotChangedError(
+                f"{shown} changed in place after the save and before its deferred copy was made "
+                "(while the next forward and backward ran), so this checkpoint was not written; "
+                "earlier checkpoints and latest are unchanged. Something other than the optimizer "
+                "step changes the parameters or the optimizer state in place (a training step or "
+                "a callback): set CheckpointConfig(defer_snapshot=False) to copy everything "
+                "inside the save"
+            )
+
+    def wait_copied(self) -> None:
+        """Block until the deferred copies are made (at once when there are none)."""
+        self._copied.wait()
 
 
 def _plain_strided(t: torch.Tensor) -> bool:
@@ -134,15 +201,23 @@ class StagingArea:
     """
 
     _buffers: dict[_StorageKey, torch.UntypedStorage] = attrs.field(init=False, factory=dict)
-    _pending: list[tuple[np.ndarray, np.ndarray]] = attrs.field(init=False, factory=list)
+    _pending: _Pairs = attrs.field(init=False, factory=list)
+    _later: _Pairs = attrs.field(init=False, factory=list)
+    _versions: _Versions = attrs.field(init=False, factory=list)
+    _defer: Collection[int] = attrs.field(init=False, default=())
 
     @property
     def nbytes(self) -> int:
         """Bytes held in staging buffers."""
         return sum(b.nbytes() for b in self._buffers.values())
 
-    def snapshot(self, payload: Mapping[str, Any]) -> Snapshot:
+    def snapshot(self, payload: Mapping[str, Any], *, defer: Collection[int] = ()) -> Snapshot:
         """A copy of ``payload`` that later changes of its tensors and containers do not reach.
+
+        Args:
+            payload: The v1 payload (or any tree of plain values and tensors).
+            defer: ``data_ptr()`` of the CPU storages whose copy :meth:`Snapshot.copy_deferred`
+                makes later (see the module docstring); the rest is copied now.
 
         Raises:
             TypeError: ``payload`` holds a value ``torch.load(weights_only=True)`` would refuse
@@ -150,19 +225,21 @@ class StagingArea:
         """
         used: dict[_StorageKey, torch.UntypedStorage] = {}
         devices: set[torch.device] = set()
-        self._pending = []
+        self._pending, self._later, self._versions = [], [], []
+        self._defer = defer
         try:
             copied = self._copy(dict(payload), "payload", used, devices)
             copy_shared(self._pending)
+            later, versions = self._later, self._versions
         finally:
-            self._pending = []
+            self._pending, self._later, self._versions, self._defer = [], [], [], ()
         self._buffers = used
         ready = []
         for device in devices:
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(device))
             ready.append(event.synchronize)
-        return Snapshot(copied, tuple(ready))
+        return Snapshot(copied, tuple(ready), later, versions)
 
     def _copy(
         self,
@@ -175,7 +252,7 @@ class StagingArea:
         if kind in _SCALARS:
             return obj
         if isinstance(obj, torch.Tensor):
-            return self._copy_tensor(obj, used, devices)
+            return self._copy_tensor(obj, where, used, devices)
         if kind is tuple or kind is list:
             types = set(map(type, obj))
             if types <= _SCALARS:  # e.g. the RNG's 625 ints: one pass at C speed
@@ -197,6 +274,7 @@ class StagingArea:
     def _copy_tensor(
         self,
         t: torch.Tensor,
+        where: str,
         used: dict[_StorageKey, torch.UntypedStorage],
         devices: set[torch.device],
     ) -> torch.Tensor:
@@ -215,12 +293,18 @@ class StagingArea:
                 target = torch.empty(0, dtype=torch.uint8).set_(staged)
                 origin = torch.empty(0, dtype=torch.uint8, device=t.device).set_(source)
                 if t.device.type == "cpu":  # plain memcpys, without the GIL (torch's copy_
-                    self._pending.append((target.numpy(), origin.numpy()))  # wakes its team)
+                    pair = (target.numpy(), origin.numpy())  # wakes its team)
+                    if source.data_ptr() in self._defer:
+                        self._later.append(pair)
+                    else:
+                        self._pending.append(pair)
                 else:
                     target.copy_(origin, non_blocking=cuda)
                 used[key] = staged
                 if cuda:
                     devices.add(t.device)
+        if key[0] in self._defer and t.device.type == "cpu":
+            self._versions.append((t, t._version, where))
         copied = torch.empty(0, dtype=t.dtype).set_(
             staged, t.storage_offset(), t.size(), t.stride()
         )
