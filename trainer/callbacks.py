@@ -30,7 +30,9 @@ class Callback:
         dataloader_name: str,
     ) -> None: ...
 
-    def on_optimizer_step(self, trainer: GenericTrainer) -> None: ...
+    def on_optimizer_step(self, trainer: GenericTrainer) -> None:
+        """After each optimizer step and its validation, before its checkpoint: what a hook
+        changes (parameters clamped, ...) is in that file, and a resume does not run it again."""
 
     def on_validation_end(self, trainer: GenericTrainer, metrics: dict[str, float]) -> None: ...
 

@@ -50,10 +50,11 @@ class Action(enum.Enum):
     EPOCH_SAVE = "epoch_save"
 
 
+# the step's callbacks before its save, as the epoch's: a file holds what they changed
 STEP_ACTIONS = (
     Action.VALIDATE_IF_DUE,
-    Action.SAVE_IF_DUE,
     Action.STEP_CALLBACKS,
+    Action.SAVE_IF_DUE,
     Action.CHECK_PREEMPTION,
 )
 EPOCH_ACTIONS = (

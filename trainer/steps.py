@@ -65,7 +65,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
             trainer.save(SaveReason.STEP)
     elif action is Action.STEP_CALLBACKS:
         trainer.checkpoints.wait_snapshot()  # a callback may change the parameters
-        for callback in trainer.callbacks:  # after this step's validation and checkpoint
+        for callback in trainer.callbacks:  # after this step's validation, before its save
             callback.on_optimizer_step(trainer)
     elif action is Action.CHECK_PREEMPTION:
         alone = trainer.world_size == 1  # nothing to agree with: the local flag decides

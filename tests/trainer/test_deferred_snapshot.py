@@ -128,8 +128,8 @@ def test_a_tensor_changed_before_its_deferred_copy_drops_that_save_with_a_clear_
 
 class _Recorder(Callback):
     """Records the step saves (``on_checkpoint``, right after the save returned) and, with
-    ``clamp``, changes the parameters in place after every optimizer step (weights kept in a box),
-    recording when."""
+    ``clamp``, changes the parameters in place (weights kept in a box) after every batch (recorded)
+    and after every optimizer step."""
 
     def __init__(self, events: list, *, clamp: bool) -> None:
         self.events, self.clamp = events, clamp
@@ -137,12 +137,19 @@ class _Recorder(Callback):
     def on_checkpoint(self, trainer, path) -> None:
         self.events.append(("saved", trainer.state.global_step))
 
-    def on_optimizer_step(self, trainer) -> None:
+    def _clamp(self, trainer, bound: float) -> None:
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.clamp_(-bound, bound)
+
+    def on_train_batch_end(self, trainer, outputs, batch_idx, dataloader_idx, name) -> None:
         if self.clamp:
             self.events.append(("callback", trainer.state.global_step))
-            with torch.no_grad():
-                for p in trainer.model.parameters():
-                    p.clamp_(-0.3, 0.3)
+            self._clamp(trainer, 0.35)
+
+    def on_optimizer_step(self, trainer) -> None:
+        if self.clamp:
+            self._clamp(trainer, 0.3)
 
 
 def _step_events(events: list):
@@ -188,24 +195,46 @@ def _files(run, steps) -> list:
 def test_the_trainer_waits_for_deferred_copies_before_callbacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    callbacks = (_Recorder([], clamp=True), SignalAt(67))  # preempted at step 34
-    plain = trainer_for(tmp_path / "sync", callbacks=callbacks, async_save=False)
-    assert plain.fit(loaders(), max_epochs=EPOCHS).status == "preempted"
-
     events: list = []
     _HeldCopies(monkeypatch, events, hold=None, delay=0.03)
-    callbacks = (_Recorder(events, clamp=True), SignalAt(67))
-    run = trainer_for(tmp_path / "deferred", callbacks=callbacks)
-    assert run.fit(loaders(), max_epochs=EPOCHS).status == "preempted"
+    run = trainer_for(tmp_path, callbacks=(_Recorder(events, clamp=True), SignalAt(67)))
+    assert run.fit(loaders(), max_epochs=EPOCHS).status == "preempted"  # at step 34
     copied = [k for kind, k in events if kind == "copied"]
     assert copied == [5, 10, 15, 20, 25, 30]  # the step saves were deferred (not the preemption's)
-    for k in copied:  # each save's copy came before the callback that clamps in place
+    for k in copied:  # each save's copy came before the next batch's callback clamped in place
+        assert events.index(("saved", k)) < events.index(("copied", k))
         assert events.index(("copied", k)) < events.index(("callback", k))
-    for ours, theirs in zip(_files(run, (25, 30)), _files(plain, (25, 30)), strict=True):
-        assert_same(
-            {k: ours[k] for k in ("model_state_dict", "optimizer_state_dicts")},
-            {k: theirs[k] for k in ("model_state_dict", "optimizer_state_dicts")},
-        )  # the values of the save, before the step's callbacks clamped them
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "deferred"])
+def test_callbacks_changing_parameters_resume_exactly_from_a_step_save(
+    tmp_path: Path, async_save: bool
+) -> None:
+    """The step's callbacks run before its save, as the epoch's do: the file holds what they
+    changed, and a resume from it runs none of them again."""
+    reference_log: list = []
+    callbacks = (_Recorder([], clamp=True),)
+    reference = trainer_for(
+        tmp_path / "ref", log=reference_log, callbacks=callbacks, async_save=False
+    )
+    assert reference.fit(loaders(), max_epochs=EPOCHS).status == "completed"
+
+    callbacks = (_Recorder([], clamp=True), SignalAt(67))  # preempted at step 34
+    run = trainer_for(tmp_path / "run", callbacks=callbacks, async_save=async_save)
+    assert run.fit(loaders(), max_epochs=EPOCHS).status == "preempted"
+    step_save = run.checkpoints.path_for(0, 30)  # deferred with async_save
+    assert read_checkpoint(step_save)["resume_state"]["save_reason"] == "step"
+    resumed_log: list = []
+    resumed = trainer_for(
+        tmp_path / "run",
+        log=resumed_log,
+        callbacks=(_Recorder([], clamp=True),),
+        async_save=async_save,
+    )
+    result = resumed.fit(loaders(), max_epochs=EPOCHS, resume_from_checkpoint=step_save)
+    assert result.status == "completed"
+    assert resumed_log == [entry for entry in reference_log if entry[0] >= 30]
+    assert_same(snapshot(resumed), snapshot(reference))
 
 
 @pytest.mark.parametrize("defer", [True, False])
