@@ -10,6 +10,7 @@ import os
 import random
 import stat
 import struct
+import threading
 import traceback
 import zipfile
 import zlib
@@ -307,6 +308,28 @@ def test_crc32_jobs_started_in_the_background_give_zlibs_crc_and_raise_their_err
     job = crc.Crc32Job.start(memoryview(data), threads=2)
     with pytest.raises(OSError, match="Input/output error reading the mapped file"):
         job.result()
+    monkeypatch.undo()
+
+    started = []
+
+    def start_once(self: threading.Thread) -> None:  # the second thread cannot be started
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(self)
+        original_start(self)
+
+    original_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", start_once)
+    monkeypatch.setattr(crc, "PARALLEL_MIN_BYTES", 1000)
+    mapped = integrity.mmap.mmap(-1, len(data))
+    mapped[:] = data
+    whole = memoryview(mapped)
+    with pytest.raises(RuntimeError, match="can't start new thread") as info:
+        crc.Crc32Job.start(whole, threads=2)
+    started[0].join()
+    whole.release()
+    mapped.close()  # a BufferError if the failed start left a part exported
+    assert mapped.closed and info.traceback  # (the traceback, kept alive, still holds the parts)
 
 
 def test_a_large_files_map_is_closed_once_checked_and_its_errors_come_from_result(

@@ -197,12 +197,19 @@ class Crc32Job:
         bounds = _split(len(view), threads)
         job = cls(bounds, [None] * len(bounds), [], [], start)
         parts = [view[lo:hi] for lo, hi in bounds]  # sliced here, so a thread only hashes
-        for index, part in enumerate(parts):
-            worker = threading.Thread(
-                target=job._run, args=(index, part), name="checkpoint-crc", daemon=True
-            )
-            worker.start()
-            job._threads.append(worker)
+        try:
+            for index, part in enumerate(parts):
+                worker = threading.Thread(
+                    target=job._run, args=(index, part), name="checkpoint-crc", daemon=True
+                )
+                worker.start()
+                job._threads.append(worker)
+        except BaseException:  # e.g. no thread could be started: the buffer is free again
+            for worker in job._threads:
+                worker.join()
+            for part in parts[len(job._threads) :]:
+                part.release()
+            raise
         return job
 
     def _run(self, index: int, part: memoryview) -> None:
