@@ -380,14 +380,14 @@ NOTES = [
     "Fabric's save writes with torch.save to memory, then one write, without fsync; DCP saves "
     "the model state only (a folder of two files, fsynced) and loads into the model's tensors",
     "load: an exact checksum reads every byte, which torch.load(mmap=True) does not (its tensors "
-    "are read when used), so 1.2x of it is out of reach for any verified load on this machine: "
-    "reading the 400 MB once (the read row: a sum of 64-bit words, no checksum, ~25 GB/s on one "
-    "core; two cores read little faster) already takes longer than 1.2x of torch.load(mmap=True), "
-    "and the CRC-32 row is the floor of an exact check (ISA-L's where the optional isal package is "
-    "installed, zlib's otherwise: see the hash rows). Ours maps the file and hashes it on threads "
-    "started before torch.load, so the unpickler runs meanwhile; on 2 cores the two compete for "
-    "the cores and the memory bus, so ours is close to the CRC-32 pass plus part of the load. "
-    "Restore copies every byte anyway, and ours checks the checksum meanwhile",
+    "are read when used), so 1.2x of it is out of reach for a verified load on 2 cores: the "
+    "CRC-32 pass (its row: both cores, ISA-L's where the optional isal package is installed, "
+    "zlib's otherwise; see the hash rows) keeps both cores busy on the memory bus, one core reads "
+    "the bytes no faster than the read row (no checksum at all), and torch.load's unpickler needs "
+    "a core of its own for as long as the baseline takes, so a verified load takes at least "
+    "(2 x CRC-32 pass + torch.load(mmap=True)) / 2. Ours maps the file and starts its hashing "
+    "threads before torch.load, so the unpickler runs meanwhile. Restore copies every byte anyway, "
+    "and ours checks the checksum meanwhile",
     "save: ours writes each tensor while a helper thread hashes it, asks the kernel to start "
     "writing it to disk at once (sync_file_range on Linux; the raw baseline only fsyncs at the "
     "end) and fsyncs the file once and the folder once",
