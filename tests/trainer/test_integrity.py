@@ -10,6 +10,7 @@ import os
 import random
 import stat
 import struct
+import threading
 import traceback
 import zipfile
 import zlib
@@ -284,6 +285,73 @@ def test_forbidden_pickles_name_the_global_and_never_suggest_unsafe_loading(
     text = "".join(traceback.format_exception(info.value))  # the whole traceback a user sees
     assert "weights_only=False" not in text and "weights_only` set to `False" not in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_crc32_jobs_started_in_the_background_give_zlibs_crc_and_raise_their_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trainer.checkpoints import crc
+
+    monkeypatch.setattr(crc, "PARALLEL_MIN_BYTES", 1000)  # split 100 kB among the threads
+    data = random.Random(3).randbytes(100_003)
+    for threads, start in itertools.product((1, 2, 3, None), (0, 0xDEADBEEF)):
+        job = crc.Crc32Job.start(memoryview(data), threads=threads, start=start)
+        assert job.result() == zlib.crc32(data, start)
+    assert crc.Crc32Job.start(memoryview(b""), threads=2, start=9).result() == 9
+    words = memoryview(np.arange(1000, dtype=np.int64))  # cast to bytes as a file's map is
+    assert crc.Crc32Job.start(words, threads=2).result() == zlib.crc32(words.tobytes())
+
+    def fail(part: object, value: int = 0) -> int:
+        raise OSError(errno.EIO, "Input/output error reading the mapped file")
+
+    monkeypatch.setattr(crc, "_isal_crc32", fail)
+    job = crc.Crc32Job.start(memoryview(data), threads=2)
+    with pytest.raises(OSError, match="Input/output error reading the mapped file"):
+        job.result()
+    monkeypatch.undo()
+
+    started = []
+
+    def start_once(self: threading.Thread) -> None:  # the second thread cannot be started
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(self)
+        original_start(self)
+
+    original_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", start_once)
+    monkeypatch.setattr(crc, "PARALLEL_MIN_BYTES", 1000)
+    mapped = integrity.mmap.mmap(-1, len(data))
+    mapped[:] = data
+    whole = memoryview(mapped)
+    with pytest.raises(RuntimeError, match="can't start new thread") as info:
+        crc.Crc32Job.start(whole, threads=2)
+    started[0].join()
+    whole.release()
+    mapped.close()  # a BufferError if the failed start left a part exported
+    assert mapped.closed and info.traceback  # (the traceback, kept alive, still holds the parts)
+
+
+def test_a_large_files_map_is_closed_once_checked_and_its_errors_come_from_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(integrity, "OVERLAP_BYTES", 1)  # the mapped path, without 16 MiB
+    path = write_checkpoint(tmp_path / "a.ckpt", payload(5))
+    with open(path, "rb") as f:
+        check = integrity.Verification.start(f.fileno())
+        mapped = check._mapped
+        assert mapped is not None and not mapped._mapped.closed
+        assert check.result().status is IntegrityStatus.VERIFIED
+        assert mapped._mapped.closed and check.result().status is IntegrityStatus.VERIFIED
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENODEV, "No such device (mmap refused)")
+
+    monkeypatch.setattr(integrity.mmap, "mmap", refuse)
+    with open(path, "rb") as f:
+        check = integrity.Verification.start(f.fileno())  # no error yet: the load goes on
+        with pytest.raises(OSError, match=r"No such device \(mmap refused\)"):
+            check.result()
 
 
 def test_our_crc32_is_zlibs_whichever_computes_it_combined_parallel_and_from_files(

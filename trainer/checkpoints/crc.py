@@ -25,6 +25,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 _isal_crc32: Callable[..., int] | None
 try:  # the same CRC-32 as zlib's, with PCLMULQDQ; it releases the GIL too
     from isal import isal_zlib  # type: ignore[import-not-found,unused-ignore]
@@ -35,6 +37,7 @@ except ImportError:  # pragma: no cover - the optional package is not installed
 
 __all__ = [
     "FAST_CRC32",
+    "Crc32Job",
     "crc32",
     "crc32_combine",
     "crc32_of_range",
@@ -157,6 +160,83 @@ def default_threads() -> int:
     return max(1, min(4, cores))
 
 
+def _split(length: int, threads: int | None) -> list[tuple[int, int]]:
+    """``[lo, hi)`` bounds of the parts a buffer of ``length`` bytes is hashed in (one per thread)."""
+    parts = default_threads() if threads is None else threads
+    parts = max(1, min(parts, length // (PARALLEL_MIN_BYTES // 2) or 1))
+    step = -(-length // parts) if length else 1
+    return [(i, min(i + step, length)) for i in range(0, length, step)] or [(0, 0)]
+
+
+@attrs.define(eq=False)
+class Crc32Job:
+    """The CRC-32 of a buffer, computed by threads started at once; :meth:`result` waits for it.
+
+    Each thread makes one call into the CRC (which releases the GIL), so once started they need
+    the GIL only to finish: the caller's own Python work (e.g. ``torch.load``'s unpickler) runs
+    meanwhile without handing the GIL back and forth.
+
+    Example:
+        >>> job = Crc32Job.start(memoryview(b"statefuldata"), threads=2)
+        >>> job.result() == zlib.crc32(b"statefuldata")
+        True
+    """
+
+    _bounds: list[tuple[int, int]]
+    _results: list[int | None]
+    _errors: list[BaseException]
+    _threads: list[threading.Thread]
+    _start: int
+
+    @classmethod
+    def start(cls, data: memoryview, *, threads: int | None = None, start: int = 0) -> Crc32Job:
+        """Start hashing ``data`` (continuing the running CRC ``start``) on up to ``threads``
+        threads (None: :func:`default_threads`); parts below ``PARALLEL_MIN_BYTES / 2`` are not
+        split further."""
+        view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        bounds = _split(len(view), threads)
+        job = cls(bounds, [None] * len(bounds), [], [], start)
+        parts = [view[lo:hi] for lo, hi in bounds]  # sliced here, so a thread only hashes
+        try:
+            for index, part in enumerate(parts):
+                worker = threading.Thread(
+                    target=job._run, args=(index, part), name="checkpoint-crc", daemon=True
+                )
+                worker.start()
+                job._threads.append(worker)
+        except BaseException:  # e.g. no thread could be started: the buffer is free again
+            for worker in job._threads:
+                worker.join()
+            for part in parts[len(job._threads) :]:
+                part.release()
+            raise
+        return job
+
+    def _run(self, index: int, part: memoryview) -> None:
+        try:
+            self._results[index] = crc32(part)
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._errors.append(exc)
+        finally:
+            part.release()
+
+    def result(self) -> int:
+        """Wait for the threads; the CRC-32 of the whole buffer.
+
+        Raises:
+            Whatever hashing a part raised (e.g. an error reading a mapped file).
+        """
+        for worker in self._threads:
+            worker.join()
+        if self._errors:
+            raise self._errors[0]
+        crc = self._start
+        for (lo, hi), part in zip(self._bounds, self._results, strict=True):
+            assert part is not None
+            crc = crc32_combine(crc, part, hi - lo)
+        return crc
+
+
 def crc32_parallel(data: memoryview, *, threads: int | None = None, start: int = 0) -> int:
     """``zlib.crc32(data, start)``, with large buffers split over ``threads`` threads.
 
@@ -169,33 +249,13 @@ def crc32_parallel(data: memoryview, *, threads: int | None = None, start: int =
         Whatever hashing a part raised (e.g. an error reading a mapped file).
     """
     view = data.cast("B") if data.format != "B" or data.ndim != 1 else data
-    parts = default_threads() if threads is None else threads
-    parts = min(parts, len(view) // (PARALLEL_MIN_BYTES // 2) or 1)
-    if parts <= 1:
+    bounds = _split(len(view), threads)
+    if len(bounds) == 1:
         return crc32(view, start)
-    step = -(-len(view) // parts)
-    bounds = [(i, min(i + step, len(view))) for i in range(0, len(view), step)]
-    results: list[int | None] = [None] * len(bounds)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        lo, hi = bounds[index]
-        try:
-            results[index] = crc32(view[lo:hi])
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(bounds))]
-    for worker in workers:
-        worker.start()
+    first = bounds[0][1]
+    rest = Crc32Job.start(view[first:], threads=len(bounds) - 1)  # the caller hashes the first
     try:
-        crc = crc32(view[bounds[0][0] : bounds[0][1]], start)
+        crc = crc32(view[:first], start)
     finally:
-        for worker in workers:
-            worker.join()
-    if errors:
-        raise errors[0]
-    for (lo, hi), part in zip(bounds[1:], results[1:], strict=True):
-        assert part is not None
-        crc = crc32_combine(crc, part, hi - lo)
-    return crc
+        tail = rest.result()
+    return crc32_combine(crc, tail, len(view) - first)

@@ -34,7 +34,13 @@ from typing import Any, BinaryIO
 import attrs
 
 from trainer.checkpoints.archive import write_archive
-from trainer.checkpoints.crc import crc32, crc32_of_range, crc32_parallel, pread_exact
+from trainer.checkpoints.crc import (
+    Crc32Job,
+    crc32,
+    crc32_of_range,
+    crc32_parallel,
+    pread_exact,
+)
 
 __all__ = [
     "ALGORITHM",
@@ -59,6 +65,8 @@ _TAIL = EOCD_SIZE + 96  # the end record plus the longest comment we write, with
 OVERLAP_BYTES = 16 << 20
 #: Files at least this large are hashed through a memory map (no copy) on several threads.
 MAP_BYTES = 1 << 20
+#: Threads that hash a file while it loads (None: the usable cores, at most 4).
+LOAD_THREADS: int | None = None
 
 
 class IntegrityStatus(enum.Enum):
@@ -178,8 +186,42 @@ def _verdict(trailer: _Trailer, computed: str) -> IntegrityReport:
 
 
 @attrs.define(eq=False)
+class _MappedCheck:
+    """The CRC-32 of a file's first ``length`` bytes, hashed in place on threads started now.
+
+    The map is made in the caller's thread, so the threads only hash: they need the GIL only to
+    finish, and the caller (``torch.load``'s unpickler) keeps it meanwhile.
+    """
+
+    _mapped: mmap.mmap
+    _view: memoryview
+    _job: Crc32Job
+
+    @classmethod
+    def start(cls, fd: int, length: int, threads: int | None) -> _MappedCheck:
+        size = os.fstat(fd).st_size
+        if size < length:
+            raise EOFError(f"file ended at byte {size} (expected {length})")
+        mapped = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+        view = memoryview(mapped)
+        try:
+            return cls(mapped, view, Crc32Job.start(view, threads=threads))
+        except BaseException:
+            view.release()
+            mapped.close()
+            raise
+
+    def result(self) -> int:
+        try:
+            return self._job.result()
+        finally:
+            self._view.release()
+            self._mapped.close()
+
+
+@attrs.define(eq=False)
 class Verification:
-    """Checks an open file, in a thread for large files, while the caller loads it.
+    """Checks an open file, on threads for large files, while the caller loads it.
 
     Example:
         >>> check = Verification.start(f.fileno())          # doctest: +SKIP
@@ -192,6 +234,7 @@ class Verification:
     _report: IntegrityReport | None = None
     _error: BaseException | None = None
     _thread: threading.Thread | None = None
+    _mapped: _MappedCheck | None = None
 
     @classmethod
     def start(cls, fd: int) -> Verification:
@@ -210,12 +253,19 @@ class Verification:
             )
             return cls(None, fd, report)
         check = cls(found, fd)
-        if found.covered >= OVERLAP_BYTES:
-            check._thread = threading.Thread(
-                target=check._run, name="checkpoint-verify", daemon=True
-            )
-            check._thread.start()
-        return check
+        if found.covered < OVERLAP_BYTES:
+            return check  # hashed by result(): starting a thread would cost more
+        if hasattr(mmap, "ACCESS_READ"):
+            try:
+                check._mapped = _MappedCheck.start(fd, found.covered, LOAD_THREADS)
+            except (OSError, ValueError, EOFError) as exc:  # re-raised by result()
+                check._error = exc
+            return check
+        check._thread = threading.Thread(  # pragma: no cover - platforms without mmap
+            target=check._run, name="checkpoint-verify", daemon=True
+        )
+        check._thread.start()  # pragma: no cover
+        return check  # pragma: no cover
 
     def _run(self) -> None:
         assert self._trailer is not None
@@ -226,7 +276,14 @@ class Verification:
 
     def result(self) -> IntegrityReport:
         """Wait for the check and return its report (re-raising an I/O error it met)."""
-        if self._thread is not None:
+        if self._mapped is not None:
+            mapped, self._mapped = self._mapped, None
+            assert self._trailer is not None
+            try:
+                self._report = _verdict(self._trailer, f"{mapped.result():08x}")
+            except BaseException as exc:
+                self._error = exc
+        elif self._thread is not None:
             self._thread.join()
         elif self._report is None and self._error is None:
             self._run()

@@ -1,8 +1,10 @@
 """Loading one checkpoint file: ``weights_only=True``, memory-mapped, its checksum verified.
 
 :func:`open_verified` loads the file with ``torch.load(mmap=True, weights_only=True)``, so tensors
-are views of the file's pages and no second copy of the file is made in memory, while a thread
-checks the checksum over the same open file (:class:`~trainer.checkpoints.integrity.Verification`).
+are views of the file's pages and no second copy of the file is made in memory, while threads
+started just before it check the checksum over the same open file
+(:class:`~trainer.checkpoints.integrity.Verification`: the file is mapped and split here, so the
+threads only hash, which releases the GIL, and the unpickler runs meanwhile).
 The caller may use the payload at once, for example copy it into a model, and must call
 :meth:`VerifiedLoad.result` before relying on anything taken from it; :func:`load_verified` waits
 before it returns. Files that are not zip archives (torch's legacy format) load without a map.
@@ -96,7 +98,7 @@ def _torch_load(f: BinaryIO, path: Path) -> Any:
 
 @attrs.define(eq=False)
 class VerifiedLoad:
-    """A payload loaded (memory-mapped) while its checksum is still being checked in a thread.
+    """A payload loaded (memory-mapped) while its checksum is still being checked on threads.
 
     Use the payload, then call :meth:`result` before relying on anything taken from it: it waits
     for the check and raises :class:`CheckpointError` when the file is damaged.
@@ -141,7 +143,7 @@ def _damaged(path: Path, report: IntegrityReport) -> CheckpointError:
 def open_verified(path: Path) -> VerifiedLoad:
     """Load ``path`` (``weights_only=True``, memory-mapped) and start checking its checksum.
 
-    The check runs in a thread for large files; :meth:`VerifiedLoad.result` joins it.
+    The check runs on threads for large files; :meth:`VerifiedLoad.result` joins them.
 
     Raises:
         CheckpointError: The file does not load (the checksum is checked first, so a damaged file
