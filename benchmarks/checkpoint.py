@@ -27,30 +27,35 @@ file in memory. Every section is timed interleaved (rotating rounds); medians.
 from __future__ import annotations
 
 import contextlib
-import gc
-import mmap
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 
 from benchmarks import async_step
 from benchmarks import checkpoint_peers as peers
+from benchmarks.checkpoint_load import (
+    CRC_PASS,
+    LOAD_REPEATS,
+    MMAP_LOAD,
+    OURS_LOAD,
+    PLAIN_LOAD,
+    load_rows,
+    load_table,
+    load_variants,
+    section_rows,
+)
 from benchmarks.checksums import HASHERS, hash_in_threads
 from benchmarks.harness import (
     Progress,
     Settings,
-    Stat,
     clock,
     interleave,
-    load_average,
     quiet_logs,
     ratio,
 )
@@ -73,15 +78,6 @@ RAW, TORCH_SAVE, ATOMIC, OURS_SYNC = (
     "ours: sync save",
 )
 STALL, DURABLE = "ours: async save, stall", "ours: async save, until durable"
-MMAP_LOAD, PLAIN_LOAD, OURS_LOAD, CRC_PASS, READ_PASS = (
-    "torch.load(mmap=True)",
-    "torch.load",
-    "ours: read_checkpoint (mmap, verified)",
-    "one CRC-32 pass over the file (the floor of an exact check)",
-    "one read of every byte of the mapped file, no checksum (the memory floor)",
-)
-#: Kept rounds (at least) of the load section: each is short, and the machine may be shared.
-LOAD_REPEATS = 15
 MMAP_RESTORE, OURS_RESTORE = (
     "torch.load(mmap=True) + load_state_dict",
     "ours: restore_from_checkpoint (verified)",
@@ -128,23 +124,6 @@ def _folder() -> Iterator[Path]:
         yield Path(name)
 
 
-def _rows(section: str, size: int, stats: dict[str, Stat], baseline: str) -> list[dict[str, Any]]:
-    base = stats[baseline].median
-    return [
-        {
-            "section": section,
-            "size": size,
-            "variant": name,
-            "median_s": stat.median,
-            "q1_s": stat.q1,
-            "q3_s": stat.q3,
-            "ratio": ratio(stat.median, base),
-            "rate": size / stat.median if stat.median else float("inf"),
-        }
-        for name, stat in stats.items()
-    ]
-
-
 def _save_variants(p: peers.Peers, payload: dict, data: bytes, folder: Path) -> dict[str, Variant]:
     path = folder / "save.ckpt"
     variants: dict[str, Variant] = {
@@ -172,52 +151,6 @@ def _async_variants(p: peers.Peers, payload: dict) -> dict[str, Variant]:
             p.dcp_async, payload, until_durable=True
         )
     return variants
-
-
-def _load_variants(p: peers.Peers, path: Path) -> dict[str, Variant]:
-    variants: dict[str, Variant] = {
-        MMAP_LOAD: partial(peers.torch_load, path, mmap=True),
-        PLAIN_LOAD: partial(peers.torch_load, path, mmap=False),
-        OURS_LOAD: partial(peers.ours_load, path),
-        CRC_PASS: partial(peers.crc_pass, path),
-        READ_PASS: partial(_read_pass, path),
-    }
-    if p.fabric is not None:
-        variants["Fabric load"] = partial(p.fabric_load, path)
-    return {name: partial(_collected, variant) for name, variant in variants.items()}
-
-
-def _load_rows(
-    size: int, variants: dict[str, Variant], kept: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """The load section's rows, each with every kept repeat (in the order run) and the load
-    average before and after the section (the machine may be shared)."""
-    before = load_average()
-    stats = interleave(variants, **kept)
-    after = load_average()
-    rows = _rows("load", size, stats, MMAP_LOAD)
-    for row in rows:
-        row["samples_ms"] = " ".join(f"{1e3 * x:.3g}" for x in stats[row["variant"]].samples)
-        row["load_average"] = f"{before} -> {after}"
-    return rows
-
-
-def _read_pass(path: Path) -> float:
-    """Read every byte of the file once through a map (a sum of 64-bit words, on one core): what
-    any check that reads the bytes costs on this machine's memory, before the checksum's own work."""
-    start = time.perf_counter()
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        words = np.frombuffer(mapped, dtype=np.uint64, count=len(mapped) // 8)
-        words.sum()
-        del words  # the map closes only once no array views it
-    return time.perf_counter() - start
-
-
-def _collected(variant: Variant) -> float:
-    """``variant()`` after an untimed ``gc.collect()``: no load pays for a collection of the
-    objects the one before it unpickled."""
-    gc.collect()
-    return variant()
 
 
 def _restore_variants(
@@ -284,7 +217,7 @@ def _measure_sizes(
         sections: list[tuple[str, dict[str, Variant]]] = [
             ("save", _save_variants(p, payload, data, folder)),
             ("async save", _async_variants(p, payload)),
-            ("load", _load_variants(p, path)),
+            ("load", load_variants(p, path)),
             ("restore", _restore_variants(p, target, path, dcp_folder)),
         ]
         if cold:
@@ -298,18 +231,18 @@ def _measure_sizes(
                 variants = {n: partial(_settled, v) for n, v in variants.items()}
                 kept = {**common, "repeats": max(settings.repeats, DISK_REPEATS)}
             if section == "load":
-                rows += _load_rows(
+                rows += load_rows(
                     size, variants, {**common, "repeats": max(settings.repeats, LOAD_REPEATS)}
                 )
                 continue
-            rows += _rows(section, size, interleave(variants, **kept), baseline)
+            rows += section_rows(section, size, interleave(variants, **kept), baseline)
         rows += _step_rows(settings, p, size, common, progress)
         if size == plan.sizes[-1]:
             hashes = {n: partial(clock, partial(_hash, h, data)) for n, h in HASHERS.items()}
             hashes["crc32, threads (ours, on load)"] = partial(
                 clock, partial(hash_in_threads, data)
             )
-            rows += _rows("hash in memory", size, interleave(hashes, **common), "crc32")
+            rows += section_rows("hash in memory", size, interleave(hashes, **common), "crc32")
         del payload, data, model, target
     return rows
 
@@ -325,8 +258,8 @@ def _step_rows(
     del blocked[async_step.NO_SAVE]  # its value is the step's time, in the second section
     steps = bench.step_stats(kept["warmup"])
     steps = {async_step.NO_SAVE: steps.pop(async_step.NO_SAVE), **steps}
-    rows = _rows(STEP_SECTION, size, blocked, async_step.SYNC)
-    return rows + _rows(STEP_TIME_SECTION, size, steps, async_step.NO_SAVE)
+    rows = section_rows(STEP_SECTION, size, blocked, async_step.SYNC)
+    return rows + section_rows(STEP_TIME_SECTION, size, steps, async_step.NO_SAVE)
 
 
 def _hash(new: Callable[[], Any], data: bytes) -> None:
@@ -447,16 +380,7 @@ def run(settings: Settings) -> BenchmarkResult:
         method=(__doc__ or "").split("\n", 1)[1].strip().replace("\n", " "),
         tables=[
             Table(title="Times by section and variant", columns=columns, rows=rows),
-            Table(
-                title="load: every kept repeat (ms, in the order run) and the load average",
-                columns=[
-                    Column("size", "payload bytes", "bytes"),
-                    Column("variant", "variant"),
-                    Column("samples_ms", "repeats (ms)"),
-                    Column("load_average", "load average before -> after"),
-                ],
-                rows=[r for r in rows if r["section"] == "load"],
-            ),
+            load_table(rows),
         ],
         headlines=_headlines(rows),
         figures=[
