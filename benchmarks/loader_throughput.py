@@ -28,7 +28,14 @@ from benchmarks.results import Column, Headline, Table
 from statefuldata import make_loader
 from statefuldata.loader import quiet_stateful_dataloader
 
-__all__ = ["OURS", "PLAIN", "TORCHDATA", "loader_throughput", "paired_throughput"]
+__all__ = [
+    "OURS",
+    "PLAIN",
+    "TORCHDATA",
+    "ZERO_WORKER_ROUNDS",
+    "loader_throughput",
+    "paired_throughput",
+]
 
 PLAIN, TORCHDATA, OURS = (
     "torch DataLoader",
@@ -36,6 +43,8 @@ PLAIN, TORCHDATA, OURS = (
     "make_loader",
 )
 BATCH = 64
+#: Rounds per repeat at 0 workers, where a pass takes ~0.1 s (more pairs for the same few seconds).
+ZERO_WORKER_ROUNDS = 3
 
 
 def _build(name: str, dataset: SyntheticMap, workers: int) -> Any:
@@ -65,8 +74,9 @@ def loader_throughput(
         variants: dict[str, Callable[[], float]] = {
             name: partial(_epoch, loader) for name, loader in loaders.items()
         }
+        rounds = repeats * ZERO_WORKER_ROUNDS if count == 0 else repeats  # ~0.1 s a pass
         groups[count] = interleave(
-            variants, repeats=repeats, warmup=settings.warmup, progress=progress, baseline=PLAIN
+            variants, repeats=rounds, warmup=settings.warmup, progress=progress, baseline=PLAIN
         )
         for loader in loaders.values():
             iterator = getattr(loader, "_iterator", None)

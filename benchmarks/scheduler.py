@@ -23,6 +23,7 @@ import attrs
 
 from benchmarks.harness import Progress, Settings, Stat, clock, interleave
 from benchmarks.loader_throughput import (
+    ZERO_WORKER_ROUNDS,
     loader_headline,
     loader_table,
     loader_throughput,
@@ -108,12 +109,14 @@ def _group(plan: _Plan, workers: int, repeats: int, settings: Settings, progress
         DataLoaderManager(hand, train_config=_config()).create_epoch_iterator().schedule
     )
     epochs = itertools.count()
+    # an epoch at 0 workers takes ~0.1 s: more pairs for the headline, still a few seconds
+    rounds = repeats * ZERO_WORKER_ROUNDS if workers == 0 else repeats
     throughput = interleave(
         {
             MANAGER: partial(_manager_epoch, manager, epochs),
             HAND: partial(_hand_epoch, hand, schedule),
         },
-        repeats=repeats,
+        repeats=rounds,
         warmup=settings.warmup,
         progress=progress,
         baseline=HAND,

@@ -53,7 +53,7 @@ class _Plan:
         return self.batches_per_epoch * self.epochs
 
 
-FULL = _Plan(batches_per_epoch=500, epochs=2, min_repeats=15)
+FULL = _Plan(batches_per_epoch=500, epochs=4, min_repeats=11)
 QUICK = _Plan(batches_per_epoch=50, epochs=2, min_repeats=5)
 
 
