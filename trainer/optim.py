@@ -111,8 +111,14 @@ def check_losses(
 ) -> bool:
     """Whether a window's ``(loss, loader name, batch index)`` losses are all finite.
 
-    One ``.item()`` (a single loss) or one reduction per optimizer step. A non-finite loss raises
-    ``FloatingPointError`` (``mode`` RAISE) or is logged and reported as False (SKIP).
+    One ``.item()`` (a single loss) or one reduction over the window's stacked losses per
+    optimizer step. A non-finite loss raises ``FloatingPointError`` (``mode`` RAISE) or is logged
+    and reported as False (SKIP).
+
+    The answer is needed before the step (a refused or skipped step leaves parameters and
+    optimizer state untouched, which no on-device masking gives for every optimizer), so it is
+    read once per optimizer step: on a GPU one synchronisation per step, as GradScaler's own
+    inf/nan check costs.
     """
     if not losses:
         return True
