@@ -4,6 +4,12 @@ Every comparison goes through :func:`interleave`: the variants run in rounds, ea
 variant once (the order rotates each round: A B, B A, A B, ...), the first ``warmup`` rounds are
 discarded, and each variant keeps one sample per remaining round. A number is reported as a median
 next to the median of a named baseline, never alone.
+
+With a ``baseline``, each round runs the baseline next to every other variant in turn (pairs
+``baseline, v`` and ``v, baseline`` alternate), and each sample of ``v`` keeps its ratio to the
+baseline run beside it: :attr:`Stat.paired_ratio`, the median of these per-pair ratios, cancels the
+machine's drift between rounds (a shared machine's speed wanders by 10-30% over seconds), where the
+ratio of the two medians pairs a fast round of one with a slow round of the other.
 """
 
 from __future__ import annotations
@@ -61,15 +67,20 @@ class Settings:
 
 @attrs.frozen
 class Stat:
-    """Median and quartiles of the kept samples of one variant at one point."""
+    """Median and quartiles of the kept samples of one variant at one point.
+
+    ``ratios``: with a baseline (see :func:`interleave`), each sample over the baseline's run
+    beside it; empty for the baseline itself and without one.
+    """
 
     median: float
     q1: float
     q3: float
     samples: tuple[float, ...]
+    ratios: tuple[float, ...] = ()
 
     @classmethod
-    def of(cls, samples: list[float]) -> Stat:
+    def of(cls, samples: list[float], ratios: list[float] | None = None) -> Stat:
         if not samples:
             raise ValueError("a Stat needs at least one sample (got none)")
         ordered = sorted(samples)
@@ -77,16 +88,25 @@ class Stat:
             q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
         else:
             q1 = q3 = ordered[0]
-        return cls(statistics.median(ordered), q1, q3, tuple(samples))
+        return cls(statistics.median(ordered), q1, q3, tuple(samples), tuple(ratios or ()))
+
+    @property
+    def paired_ratio(self) -> float | None:
+        """Median over the pairs of (this sample / the baseline's run beside it); None without."""
+        return statistics.median(self.ratios) if self.ratios else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "median": self.median,
             "q1": self.q1,
             "q3": self.q3,
             "n": len(self.samples),
             "samples": list(self.samples),
         }
+        if self.ratios:
+            out["paired_ratio"] = self.paired_ratio
+            out["ratios"] = list(self.ratios)
+        return out
 
 
 def ratio(value: float, baseline: float) -> float:
@@ -97,11 +117,22 @@ def ratio(value: float, baseline: float) -> float:
 
 
 def clock(fn: Callable[[], object]) -> float:
-    """Seconds taken by ``fn()`` (garbage collected before, not during)."""
+    """Seconds taken by ``fn()``, every variant from the same garbage-collector state.
+
+    Before the timed region the heap is collected and what survives is frozen (``gc.freeze``), so
+    the collector stays on during ``fn()`` (its allocations are paid for, young collections
+    included) but a full collection inside it walks only the objects ``fn()`` made, not the
+    ~170k objects that importing torch left: such a collection otherwise lands in a random
+    repeat and adds ~0.1 s to it.
+    """
     gc.collect()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    gc.freeze()
+    try:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    finally:
+        gc.unfreeze()
 
 
 class Progress(AbstractContextManager["Progress"]):
@@ -127,21 +158,47 @@ def interleave(
     repeats: int,
     warmup: int,
     progress: Progress | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Stat]:
-    """Run the variants in rotating rounds; return each one's :class:`Stat` over the kept rounds."""
+    """Run the variants in rotating rounds; return each one's :class:`Stat` over the kept rounds.
+
+    With ``baseline`` (one of the names), a round runs the baseline beside each other variant
+    (``baseline, v`` in even rounds, ``v, baseline`` in odd ones; the other variants' order still
+    rotates) and every other variant's Stat gets its per-pair ratios to the baseline.
+    """
     names = list(variants)
     if not names:
         return {}
+    if baseline is not None and baseline not in variants:
+        raise ValueError(f"baseline must be one of {names} (got {baseline!r})")
     samples: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+
+    def measure(name: str, keep: bool) -> float:
+        seconds = variants[name]()
+        if keep:
+            samples[name].append(seconds)
+        if progress is not None:
+            progress.step(name)
+        return seconds
+
+    others = [name for name in names if name != baseline]
     for round_index in range(warmup + repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            seconds = variants[name]()
-            if round_index >= warmup:
-                samples[name].append(seconds)
-            if progress is not None:
-                progress.step(name)
-    return {name: Stat.of(values) for name, values in samples.items()}
+        keep = round_index >= warmup
+        if baseline is None or not others:
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                measure(name, keep)
+            continue
+        shift = round_index % len(others)
+        for name in others[shift:] + others[:shift]:
+            if round_index % 2 == 0:
+                base, seconds = measure(baseline, keep), measure(name, keep)
+            else:
+                seconds, base = measure(name, keep), measure(baseline, keep)
+            if keep:
+                ratios[name].append(ratio(seconds, base))
+    return {name: Stat.of(values, ratios[name]) for name, values in samples.items()}
 
 
 @contextmanager

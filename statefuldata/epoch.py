@@ -41,16 +41,17 @@ __all__ = ["EpochIterator"]
 logger = logging.getLogger(__name__)
 
 _SKIPPED = object()
+_TENSOR = torch.Tensor
 
 
 def _samples_in(batch: Any) -> int:
     """Leading dimension of the first tensor-like leaf of a batch (1 when there is none)."""
-    if type(batch) is torch.Tensor and batch.dim():
-        return int(batch.shape[0])
-    if type(batch) in (tuple, list) and batch:  # the usual (inputs, targets) pair, at C speed
-        first = batch[0]
-        if type(first) is torch.Tensor and first.dim():
-            return int(first.shape[0])
+    kind = type(batch)
+    if kind is tuple or kind is list:  # the usual (inputs, targets) pair, at C speed
+        if batch and type(batch[0]) is _TENSOR and batch[0].ndim:
+            return batch[0].shape[0]
+    elif kind is _TENSOR and batch.ndim:
+        return batch.shape[0]  # type: ignore[no-any-return]
     while True:
         if hasattr(batch, "shape") and len(batch.shape) > 0:
             return int(batch.shape[0])
@@ -106,6 +107,7 @@ class EpochIterator:
         self.loader_cycles = dict.fromkeys(range(n), 0)
         self.loader_batches, self.loader_samples = [0] * n, [0] * n
         self._retired = False
+        self._names = plan.names
 
     def __iter__(self) -> EpochIterator:
         return self
@@ -118,6 +120,25 @@ class EpochIterator:
         self._retired = True
 
     def __next__(self) -> tuple[int, str, Any]:
+        # fast path, one attribute read per field: the loader's live pass goes on
+        position, schedule = self.position, self.schedule
+        if position < len(schedule) and not self._retired:
+            index = schedule[position]
+            cursor = self._cursors[index]
+            iterator = cursor.iterator
+            if iterator is not None and not cursor.exhausted:
+                batch = next(iterator, _SKIPPED)
+                if batch is not _SKIPPED:
+                    cursor.batch_idx += 1
+                    self.position = position + 1
+                    self.total_batches += 1
+                    self.loader_batches[index] += 1
+                    self.loader_samples[index] += _samples_in(batch)
+                    return index, self._names[index], batch
+        return self._next_slow()
+
+    def _next_slow(self) -> tuple[int, str, Any]:
+        """A retired iterator, a loader without a live pass or whose pass just ended, the end."""
         if self._retired:
             raise RuntimeError(
                 "this epoch iterator was superseded by load_state_dict() or a newer "
@@ -129,7 +150,7 @@ class EpochIterator:
             cursor = cursors[index]
             batch = _SKIPPED
             if cursor.iterator is not None and not cursor.exhausted:
-                batch = next(cursor.iterator, _SKIPPED)  # fast path: the loader's pass goes on
+                batch = next(cursor.iterator, _SKIPPED)
             if batch is _SKIPPED:
                 batch = self._fetch(cursor, index)
             else:
@@ -140,7 +161,7 @@ class EpochIterator:
                 self.total_batches += 1
                 self.loader_batches[index] += 1
                 self.loader_samples[index] += _samples_in(batch)
-                return index, self._plan.names[index], batch
+                return index, self._names[index], batch
         raise StopIteration
 
     def _pass_ended(self, cursor: Cursor, index: int) -> bool:

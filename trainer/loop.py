@@ -268,9 +268,9 @@ class GenericTrainer:
         loop.busy = Busy.BATCH
         batch_idx = self.state.batch_in_epoch
         batch = self._to_device(batch)
+        step_fn: StepFn = self._training_step  # type: ignore[assignment]
         with loop.gradient_sync(self.model, final=final) as synced:
-            with self.precision.autocast():
-                outputs = self._training_step(self, batch, batch_idx, loader_idx, name)  # type: ignore[misc]
+            outputs = self.precision.forward(step_fn, self, batch, batch_idx, loader_idx, name)
             loss = loss_of(outputs)
             scale, owners = loop.scales[loader_idx], loop.owners[loader_idx]
             if scale != 0.0:

@@ -38,22 +38,10 @@ def step_optimizers(
     """Step the optimizers ``ids`` (unscaled, clipped together); return those that stepped.
 
     A GradScaler may skip a step (inf/nan gradients): that optimizer is left out of the result,
-    so its scheduler does not step either.
+    so its scheduler does not step either. See :meth:`Precision.step_optimizers
+    <trainer.precision.Precision.step_optimizers>`.
     """
-    for i in ids:
-        precision.unscale_(optimizers[i])
-    if clip_grad_norm is not None and ids:
-        params = [
-            p
-            for i in ids
-            for g in optimizers[i].param_groups
-            for p in g["params"]
-            if p.grad is not None
-        ]
-        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-    stepped = [i for i in ids if precision.step(optimizers[i])]
-    precision.update()
-    return stepped
+    return list(precision.step_optimizers(optimizers, ids, clip_grad_norm))
 
 
 def zero_grads(
@@ -123,8 +111,14 @@ def check_losses(
 ) -> bool:
     """Whether a window's ``(loss, loader name, batch index)`` losses are all finite.
 
-    One ``.item()`` (a single loss) or one reduction per optimizer step. A non-finite loss raises
-    ``FloatingPointError`` (``mode`` RAISE) or is logged and reported as False (SKIP).
+    One ``.item()`` (a single loss) or one reduction over the window's stacked losses per
+    optimizer step. A non-finite loss raises ``FloatingPointError`` (``mode`` RAISE) or is logged
+    and reported as False (SKIP).
+
+    The answer is needed before the step (a refused or skipped step leaves parameters and
+    optimizer state untouched, which no on-device masking gives for every optimizer), so it is
+    read once per optimizer step: on a GPU one synchronisation per step, as GradScaler's own
+    inf/nan check costs.
     """
     if not losses:
         return True
@@ -185,6 +179,11 @@ class WindowStepper:
     clip_grad_norm: float | None
     schedulers_per_step: bool
     process_group: Any = None
+    _step_schedulers: list[Any] = attrs.field(init=False, factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        # which schedulers an optimizer step may step: none unless they step per optimizer step
+        self._step_schedulers = self.schedulers if self.schedulers_per_step else []
 
     def step(self, ids: Sequence[int], *, finite: bool, unsynced: bool) -> None:
         """Step the optimizers ``ids`` (none when the window's loss was not ``finite``), drop every
@@ -193,10 +192,13 @@ class WindowStepper:
         if unsynced:
             average_gradients(self.model, self.process_group)
         stepped = (
-            step_optimizers(self.optimizers, ids, self.precision, self.clip_grad_norm)
+            self.precision.step_optimizers(self.optimizers, ids, self.clip_grad_norm)
             if finite
-            else []
+            else ()
         )
-        zero_grads(self.optimizers, self.unowned_params)
-        if self.schedulers_per_step:
-            step_schedulers(self.schedulers, stepped)
+        for optimizer in self.optimizers:  # zero_grads, inlined: it runs every step
+            optimizer.zero_grad(set_to_none=True)
+        for param in self.unowned_params:
+            param.grad = None
+        if self._step_schedulers:
+            step_schedulers(self._step_schedulers, stepped)

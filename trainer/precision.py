@@ -2,7 +2,7 @@
 
 The loop calls the same methods whatever the precision, never ``if use_amp``::
 
-    with precision.autocast():
+    with precision.autocast():             # or precision.forward(step_fn, batch)
         loss = step_fn(batch)["loss"]
     precision.backward(loss / accumulation_steps)
     if at_boundary:
@@ -11,6 +11,9 @@ The loop calls the same methods whatever the precision, never ``if use_amp``::
         stepped = precision.step(optimizer)  # False when a scaler skipped an inf/nan step
         precision.update()                   # once per optimizer-step boundary
         optimizer.zero_grad()
+
+(``precision.step_optimizers(optimizers, ids, clip_grad_norm)`` does the boundary's four lines
+for several optimizers at once: what the trainer calls.)
 
 State (``state_dict``): the GradScaler state dict (``scale``, ``growth_factor``,
 ``backoff_factor``, ``growth_interval``, ``_growth_tracker``), or None without a scaler. It is the
@@ -26,8 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 
@@ -38,6 +41,7 @@ __all__ = ["MixedPrecision", "Precision", "make_precision"]
 logger = logging.getLogger(__name__)
 
 _NO_AUTOCAST = contextlib.nullcontext()
+_T = TypeVar("_T")
 _DTYPES = {AmpDtype.BFLOAT16: torch.bfloat16, AmpDtype.FLOAT16: torch.float16}
 
 
@@ -53,6 +57,10 @@ class Precision:
         """Context for the forward pass (here: nothing; one shared context, entered every batch)."""
         return _NO_AUTOCAST
 
+    def forward(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` under :meth:`autocast` (here: a plain call, no context to enter)."""
+        return fn(*args)
+
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` (scaled first when a scaler is present)."""
         loss.backward()
@@ -67,6 +75,23 @@ class Precision:
 
     def update(self) -> None:
         """Update the loss scale; call once per optimizer-step boundary (here: nothing)."""
+
+    def step_optimizers(
+        self,
+        optimizers: Sequence[torch.optim.Optimizer],
+        ids: Sequence[int],
+        clip_grad_norm: float | None,
+    ) -> Sequence[int]:
+        """One optimizer-step boundary: unscale, clip (all of ``ids`` together), step, update.
+
+        Returns the optimizers of ``ids`` that stepped. Here every one steps, so the loop pays no
+        call for the no-op ``unscale_`` and ``update`` of full precision.
+        """
+        if clip_grad_norm is not None and ids:
+            _clip_gradients(optimizers, ids, clip_grad_norm)
+        for i in ids:
+            optimizers[i].step()
+        return ids
 
     def state_dict(self) -> dict[str, Any] | None:
         """Return the scaler state, or None when there is no scaler."""
@@ -116,6 +141,11 @@ class MixedPrecision(Precision):
         with torch.autocast(device_type=self.device_type, dtype=self.dtype):
             yield
 
+    def forward(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` under ``torch.autocast(device_type, dtype)``."""
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            return fn(*args)
+
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss``, multiplied by the loss scale when a scaler is present."""
         if self._scaler is None:
@@ -154,9 +184,39 @@ class MixedPrecision(Precision):
         if self._scaler is not None:
             self._scaler.update()
 
+    def step_optimizers(
+        self,
+        optimizers: Sequence[torch.optim.Optimizer],
+        ids: Sequence[int],
+        clip_grad_norm: float | None,
+    ) -> Sequence[int]:
+        """Unscale, clip, step (a scaler may skip an inf/nan step: that optimizer is left out of
+        the result, so its scheduler does not step either), update the scale."""
+        for i in ids:
+            self.unscale_(optimizers[i])
+        if clip_grad_norm is not None and ids:
+            _clip_gradients(optimizers, ids, clip_grad_norm)
+        stepped = [i for i in ids if self.step(optimizers[i])]
+        self.update()
+        return stepped
+
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
         return f"MixedPrecision(device_type={self.device_type!r}, dtype={dtype}, scaler={self._scaler is not None})"
+
+
+def _clip_gradients(
+    optimizers: Sequence[torch.optim.Optimizer], ids: Sequence[int], max_norm: float
+) -> None:
+    """Clip the gradients of the optimizers ``ids`` together to a total norm of ``max_norm``."""
+    params = [
+        p
+        for i in ids
+        for g in optimizers[i].param_groups
+        for p in g["params"]
+        if p.grad is not None
+    ]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def _load_scaler_state(

@@ -58,6 +58,12 @@ def _to_reason(value: Any) -> Any:
     return value  # refused by the validator, which names the type
 
 
+def _check_reason(_instance: Any, _attribute: Any, value: Any) -> None:
+    """``save_reason`` is a str (a SaveReason member is one); used at init and on assignment."""
+    if not isinstance(value, str):
+        raise TypeError(f"'save_reason' must be {str!r} (got {value!r} that is a {type(value)!r}).")
+
+
 def _count() -> Any:
     return attrs.field(default=0, validator=int_at_least(0))
 
@@ -66,7 +72,7 @@ def _flag() -> Any:
     return attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
-@attrs.define(kw_only=True, on_setattr=attrs.setters.convert)  # validated at init, not per step
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP, repr=False)  # validated at init, load
 class ResumeState:
     """The loop position saved in every checkpoint (``resume_state`` in format v1).
 
@@ -85,9 +91,13 @@ class ResumeState:
 
     State keys (``to_dict``): the attribute names above; ``phase`` and ``save_reason`` are stored
     as their plain string values.
+
+    The loop bumps the counters every batch, so assigning one is a plain attribute write (no
+    attrs hook); construction and :meth:`from_dict` validate every field. ``phase`` and
+    ``save_reason`` are properties that convert (and refuse) on assignment too.
     """
 
-    phase: ResumePhase = attrs.field(
+    _phase: ResumePhase = attrs.field(
         default=ResumePhase.TRAIN, converter=lambda v: to_enum(ResumePhase, v, "phase")
     )
     epoch: int = _count()
@@ -97,20 +107,44 @@ class ResumeState:
     optimizer_steps_in_epoch: int = _count()
     preempted: bool = _flag()
     completed: bool = _flag()
-    save_reason: str = attrs.field(  # a SaveReason member, or a str no member has
-        default="", converter=_to_reason, validator=attrs.validators.instance_of(str)
+    _save_reason: str = attrs.field(  # a SaveReason member, or a str no member has
+        default="", converter=_to_reason, validator=_check_reason
     )
+
+    @property
+    def phase(self) -> ResumePhase:
+        """The part of the loop (a :class:`ResumePhase`; a plain value is converted)."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: ResumePhase | str) -> None:
+        self._phase = to_enum(ResumePhase, value, "phase")
+
+    @property
+    def save_reason(self) -> str:
+        """Why the state was written (a :class:`SaveReason`, or a str no member has)."""
+        return self._save_reason
+
+    @save_reason.setter
+    def save_reason(self, value: SaveReason | str) -> None:
+        reason = _to_reason(value)
+        _check_reason(self, None, reason)
+        self._save_reason = reason
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{a.alias}={getattr(self, a.name)!r}" for a in attrs.fields(type(self)))
+        return f"{type(self).__name__}({fields})"
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         """The keys of :meth:`to_dict`, in order."""
-        return tuple(a.name for a in attrs.fields(cls))
+        return tuple(a.alias for a in attrs.fields(cls))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the state as a plain dict (str, int, bool values only)."""
-        out = attrs.asdict(self, recurse=False)
-        out["phase"] = self.phase.value
-        reason = self.save_reason
+        out = {a.alias: getattr(self, a.name) for a in attrs.fields(type(self))}
+        out["phase"] = self._phase.value
+        reason = self._save_reason
         out["save_reason"] = reason.value if isinstance(reason, SaveReason) else str(reason)
         return out
 

@@ -51,9 +51,22 @@ def close_epoch(loop: LoopState) -> None:
     loop.pending.extend(EPOCH_ACTIONS)
 
 
+def _cuda_or_none(trainer: Any) -> Any:
+    return trainer.device if trainer.device.type == "cuda" else None
+
+
 def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: int) -> bool:
     """Run ``action`` for ``trainer`` (a GenericTrainer); True when training must stop."""
-    state, config = trainer.state, trainer.config
+    state = trainer.state
+    if action is Action.CHECK_PREEMPTION:  # first: the one action of most steps
+        alone = trainer.world_size == 1  # nothing to agree with: the local flag decides
+        if not (preemption.requested if alone else preemption.agreed(_cuda_or_none(trainer))):
+            return False
+        state.preempted = True
+        if trainer._loop.saved_at != state.global_step:
+            trainer.save(SaveReason.PREEMPTED)
+        return True
+    config = trainer.config
     step, validation = state.global_step, config.validation
     if action is Action.VALIDATE_IF_DUE:
         every = validation.every_n_steps
@@ -67,14 +80,6 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
         trainer.checkpoints.wait_snapshot()  # a callback may change the parameters
         for callback in trainer.callbacks:  # after this step's validation, before its save
             callback.on_optimizer_step(trainer)
-    elif action is Action.CHECK_PREEMPTION:
-        alone = trainer.world_size == 1  # nothing to agree with: the local flag decides
-        device = trainer.device if trainer.device.type == "cuda" else None
-        if preemption.requested if alone else preemption.agreed(device):
-            state.preempted = True
-            if trainer._loop.saved_at != step:
-                trainer.save(SaveReason.PREEMPTED)
-            return True
     elif action is Action.EPOCH_SCHEDULERS:
         if config.scheduler_interval is SchedulerInterval.EPOCH and state.optimizer_steps_in_epoch:
             for scheduler in trainer.schedulers:

@@ -156,3 +156,60 @@ def test_bf16_on_cuda_has_no_scaler() -> None:
     model, optimizer = _model_and_optimizer("cuda")
     out, stepped = _train_step(precision, model, optimizer, "cuda")
     assert out.dtype == torch.bfloat16 and stepped
+
+
+@pytest.mark.parametrize(
+    ("config", "dtype"),
+    [
+        (PerformanceConfig(), torch.float32),
+        (PerformanceConfig(use_amp=True), torch.bfloat16),
+        (PerformanceConfig(use_amp=True, amp_dtype="float16"), torch.float16),
+    ],
+)
+def test_forward_and_step_optimizers_equal_the_method_by_method_boundary(config, dtype) -> None:
+    """``forward`` and ``step_optimizers`` (what the trainer calls) give bit-identical parameters
+    and scaler state to autocast/backward/unscale_/clip/step/update called one by one."""
+    runs = []
+    for combined in (False, True):
+        precision = make_precision(config, CPU)
+        torch.manual_seed(0)
+        models = [torch.nn.Linear(8, 4), torch.nn.Linear(4, 1)]
+        optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in models]
+        for _ in range(3):
+            x = torch.randn(16, 8)
+            if combined:
+                out = precision.forward(torch.nn.Sequential(*models), x)
+            else:
+                with precision.autocast():
+                    out = models[1](models[0](x))
+            assert out.dtype == dtype
+            precision.backward(out.float().pow(2).mean())
+            if combined:
+                stepped = precision.step_optimizers(optimizers, [0, 1], 0.5)
+            else:
+                for optimizer in optimizers:
+                    precision.unscale_(optimizer)
+                params = [p for m in models for p in m.parameters()]
+                torch.nn.utils.clip_grad_norm_(params, 0.5)
+                stepped = [i for i, o in enumerate(optimizers) if precision.step(o)]
+                precision.update()
+            assert list(stepped) == [0, 1]
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+        runs.append(([p.detach().clone() for m in models for p in m.parameters()], precision))
+    (plain, first), (combined_params, second) = runs
+    assert all(torch.equal(a, b) for a, b in zip(plain, combined_params))
+    assert first.state_dict() == second.state_dict()
+
+
+def test_step_optimizers_leaves_out_an_optimizer_whose_scaled_step_was_skipped() -> None:
+    precision = make_precision(PerformanceConfig(use_amp=True, amp_dtype="float16"), CPU)
+    models = [torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    x = torch.randn(2, 8)
+    precision.backward(models[0](x).sum() + models[1](x).sum())
+    models[1].weight.grad[0, 0] = float("inf")
+    before = models[1].weight.detach().clone()
+    assert precision.step_optimizers(optimizers, [0, 1], None) == [0]
+    assert torch.equal(models[1].weight, before)
+    assert precision.state_dict()["scale"] == 32768.0  # updated once, backed off
