@@ -17,12 +17,11 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from tests.trainer.harness import SignalAt, assert_same, loaders, snapshot
-from tests.trainer.test_async_save import EPOCHS, trainer_for
+from tests.trainer.test_async_save import EPOCHS, _payload, trainer_for
 from trainer import Callback, CheckpointConfig, SnapshotChangedError
-from trainer.checkpoints import build_payload, read_checkpoint
+from trainer.checkpoints import read_checkpoint
 from trainer.checkpoints.manager import CheckpointManager
 from trainer.checkpoints.snapshot import Snapshot
-from trainer.resume import ResumeState
 
 
 class _HeldCopies:
@@ -59,19 +58,8 @@ def _model() -> torch.nn.Module:
 
 
 def _save(manager: CheckpointManager, model: torch.nn.Module, step: int, defer) -> Path:
-    payload = build_payload(
-        model=model,
-        optimizers=[],
-        schedulers=[],
-        scaler_state=None,
-        rng_states=None,
-        dataloader_manager_state=None,
-        resume_state=ResumeState(global_step=step),
-        epoch=0,
-        global_step=step,
-    )
     return manager.write_payload_async(
-        payload, epoch=0, global_step=step, metrics=None, defer=defer
+        _payload(step, model=model), epoch=0, global_step=step, metrics=None, defer=defer
     )
 
 
