@@ -74,7 +74,8 @@ def loader_throughput(
         variants: dict[str, Callable[[], float]] = {
             name: partial(_epoch, loader) for name, loader in loaders.items()
         }
-        rounds = repeats * ZERO_WORKER_ROUNDS if count == 0 else repeats  # ~0.1 s a pass
+        more = count == 0 and not settings.quick  # ~0.1 s a pass: more pairs (not in --quick)
+        rounds = repeats * ZERO_WORKER_ROUNDS if more else repeats
         groups[count] = interleave(
             variants, repeats=rounds, warmup=settings.warmup, progress=progress, baseline=PLAIN
         )

@@ -110,7 +110,7 @@ def _group(plan: _Plan, workers: int, repeats: int, settings: Settings, progress
     )
     epochs = itertools.count()
     # an epoch at 0 workers takes ~0.1 s: more pairs for the headline, still a few seconds
-    rounds = repeats * ZERO_WORKER_ROUNDS if workers == 0 else repeats
+    rounds = repeats * ZERO_WORKER_ROUNDS if workers == 0 and not settings.quick else repeats
     throughput = interleave(
         {
             MANAGER: partial(_manager_epoch, manager, epochs),

@@ -92,7 +92,9 @@ def test_process_group_signal_with_workers_saves_once_and_resumes_exactly(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "killed by signal" not in done.stderr
     assert done.stderr.count(f"Received {name}") == 1  # the main process only: workers ignore it
-    assert "resource_tracker" not in done.stderr  # multiprocessing's helper survives it too
+    # multiprocessing's resource tracker survives it too (it would be relaunched with this warning;
+    # its own leak accounting at shutdown can race under load and is not what this checks)
+    assert "process died unexpectedly" not in done.stderr
     first = torch.load(out, weights_only=True)
     assert first["status"] == "preempted"
     assert len(first["log"]) == at and first["step"] == at  # saved at the boundary of batch `at`
