@@ -76,8 +76,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
         every = config.checkpoint.save_every_n_steps
         if every and step % every == 0:
             trainer.save(SaveReason.STEP)
-    elif action is Action.STEP_CALLBACKS:
-        trainer.checkpoints.wait_snapshot()  # a callback may change the parameters
+    elif action is Action.STEP_CALLBACKS:  # no deferred copy is pending: the step waited for it
         for callback in trainer.callbacks:  # after this step's validation, before its save
             callback.on_optimizer_step(trainer)
     elif action is Action.EPOCH_SCHEDULERS:
@@ -88,7 +87,7 @@ def act(trainer: Any, action: Action, preemption: PreemptionFlag, max_epochs: in
         if validation.frequency is ValidationFrequency.PER_EPOCH:
             trainer.validate()
     elif action is Action.EPOCH_CALLBACKS:
-        trainer.checkpoints.wait_snapshot()
+        trainer.checkpoints.wait_snapshot()  # the last step's save may still be copying
         for callback in trainer.callbacks:
             callback.on_epoch_end(trainer, state.epoch)
     elif action is Action.NEXT_EPOCH:
