@@ -24,9 +24,10 @@ import csv
 import importlib.util
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from trainer.callbacks import Callback
 from trainer.checkpoints.atomic import atomic_write
@@ -84,20 +85,34 @@ class CSVLogger(Logger):
     One row per logged step; a row is written once its step is over (the next step's metrics
     arrive, or ``fit()`` returns). At ``fit()`` start the file is rewritten from
     ``metrics_history``, so rows logged after the resumed checkpoint disappear.
+
+    The file stays open for the run and rows reach it at least every ``flush_every_s`` seconds,
+    at every checkpoint, and when ``fit()`` returns (opening and closing it per row
+    cost ~0.2 ms a row). A process killed in between loses no metric: the next ``fit()`` rewrites
+    the file from the checkpoint's ``metrics_history``.
     """
 
     FILE_NAME = "metrics.csv"
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, flush_every_s: float = 1.0) -> None:
+        if not (isinstance(flush_every_s, (int, float)) and flush_every_s >= 0):
+            raise ValueError(
+                f"flush_every_s must be a number of seconds >= 0 (got {flush_every_s!r}); 0 "
+                "flushes every row"
+            )
         self.path = None if path is None else Path(path)
+        self.flush_every_s = float(flush_every_s)
         self._columns: list[str] = []
         self._step: int | None = None
         self._row: dict[str, float] = {}
+        self._file: TextIO | None = None
+        self._flushed_at = 0.0
 
     def _target(self, trainer: GenericTrainer) -> Path:
         return self.path or Path(trainer.checkpoints.root_dir) / self.FILE_NAME
 
     def start(self, trainer: GenericTrainer) -> None:
+        self._close()
         rows = rows_by_step(trainer.metrics_history)
         self._columns = sorted({key for row in rows.values() for key in row})
         self._step, self._row = None, {}
@@ -115,7 +130,10 @@ class CSVLogger(Logger):
             for step, row in rows.items()
         ]
         text = ("\n".join(lines) + "\n").encode()
+        self._close()
         atomic_write(target, lambda f: f.write(text))
+        self._file = target.open("a", newline="")
+        self._flushed_at = time.monotonic()
 
     def log_metrics(self, trainer: GenericTrainer, metrics: dict[str, float], step: int) -> None:
         if self._step is not None and step != self._step:
@@ -133,13 +151,34 @@ class CSVLogger(Logger):
             past = rows_by_step(trainer.metrics_history)
             self._rewrite(trainer, {s: r for s, r in past.items() if s <= step})
             return
-        with self._target(trainer).open("a", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerow(
-                [str(step), *(_cell(row.get(c)) for c in self._columns)]
-            )
+        if self._file is None:  # log_metrics without start(): append to what is there
+            self._file = self._target(trainer).open("a", newline="")
+        csv.writer(self._file, lineterminator="\n").writerow(
+            [str(step), *(_cell(row.get(c)) for c in self._columns)]
+        )
+        now = time.monotonic()
+        if now - self._flushed_at >= self.flush_every_s:
+            self._file.flush()
+            self._flushed_at = now
+
+    def _sync(self) -> None:
+        """Every buffered row to the file (a finished row only: the current step may gain more)."""
+        if self._file is not None:
+            self._file.flush()
+            self._flushed_at = time.monotonic()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def on_checkpoint(self, trainer: GenericTrainer, path: Path | None) -> None:
+        if trainer.rank == 0:
+            self._sync()
 
     def finish(self, trainer: GenericTrainer) -> None:
         self._flush(trainer)
+        self._close()
 
 
 class TensorBoardLogger(Logger):

@@ -14,7 +14,7 @@ import torch
 from statefuldata import make_loader
 from tests.data import Features
 from tests.trainer.harness import SignalAt
-from trainer import CheckpointConfig, GenericTrainer, GenericTrainerConfig, Logger
+from trainer import CSVLogger, CheckpointConfig, GenericTrainer, GenericTrainerConfig, Logger
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,6 +101,47 @@ def test_rows_logged_after_the_resumed_checkpoint_are_dropped(tmp_path) -> None:
     resumed = acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3))
     resumed.fit(*data(), max_epochs=2)
     assert (run / "metrics.csv").read_text() == (tmp_path / "ref" / "metrics.csv").read_text()
+
+
+class CsvWatcher(Logger):
+    """After the CSV logger in ``callbacks``: the steps in metrics.csv at each log and checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def rows(self) -> list[int]:
+        return [int(r["step"]) for r in read_csv(self.path)] if self.path.exists() else []
+
+    def log_metrics(self, trainer, metrics, step) -> None:
+        self.seen.append(("log", step, self.rows()))
+
+    def on_checkpoint(self, trainer, path) -> None:
+        self.seen.append(("checkpoint", trainer.state.global_step, self.rows()))
+
+
+@pytest.mark.parametrize("flush_every_s", [0, 3600])
+def test_csv_rows_reach_the_file_by_time_and_at_every_checkpoint(tmp_path, flush_every_s) -> None:
+    watcher = CsvWatcher(tmp_path / "metrics.csv")
+    checkpoint = CheckpointConfig(root_dir=tmp_path, save_every_n_steps=4, save_every_n_epochs=None)
+    csv_logger = CSVLogger(flush_every_s=flush_every_s)
+    trainer = acc_trainer(
+        tmp_path, callbacks=(csv_logger, watcher), loggers=(), checkpoint=checkpoint
+    )
+    trainer.fit(*data(), max_epochs=1)
+    seen = {(kind, step): rows for kind, step, rows in watcher.seen}
+    # a row is written once its step is over; the first one sets the header (a rewrite), later
+    # ones wait for flush_every_s (0: at once) or the next checkpoint
+    assert seen[("log", 4)] == [2]
+    assert seen[("log", 6)] == ([2, 4] if flush_every_s == 0 else [2])
+    assert seen[("log", 8)] == ([2, 4, 6] if flush_every_s == 0 else [2])
+    assert seen[("checkpoint", 4)] == [2] and seen[("checkpoint", 8)] == [2, 4, 6]
+    assert watcher.rows() == [2, 4, 6, 8, 10]  # fit() returned: every row, file closed
+    assert csv_logger._file is None
+
+
+def test_csv_logger_refuses_a_negative_flush_interval() -> None:
+    with pytest.raises(ValueError, match=r"flush_every_s must be .* \(got -1\)"):
+        CSVLogger(flush_every_s=-1)
 
 
 def test_tensorboard_event_files_appear(tmp_path) -> None:
