@@ -77,6 +77,11 @@ class EpochView:
 class EpochAwareMap(EpochView, Dataset[Any]):
     """Map-style view (see the module docstring)."""
 
+    def __init__(self, dataset: Any, *, seed: int, rank: int) -> None:
+        super().__init__(dataset, seed=seed, rank=rank)
+        # looked up once: a missing attribute costs an AttributeError inside getattr every batch
+        self._batched = hasattr(dataset, "__getitems__")
+
     def __len__(self) -> int:
         return len(self.dataset)
 
@@ -93,8 +98,7 @@ class EpochAwareMap(EpochView, Dataset[Any]):
         local_epoch.epoch = epoch
         try:
             dataset = self.dataset
-            getitems = getattr(dataset, "__getitems__", None)
-            return getitems(indices) if getitems is not None else [dataset[i] for i in indices]
+            return dataset.__getitems__(indices) if self._batched else [dataset[i] for i in indices]
         finally:
             local_epoch.epoch = previous
 
