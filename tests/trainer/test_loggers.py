@@ -14,7 +14,7 @@ import torch
 from statefuldata import make_loader
 from tests.data import Features
 from tests.trainer.harness import SignalAt
-from trainer import CSVLogger, CheckpointConfig, GenericTrainer, GenericTrainerConfig, Logger
+from trainer import CheckpointConfig, CSVLogger, GenericTrainer, GenericTrainerConfig, Logger
 
 ROOT = Path(__file__).resolve().parents[2]
 
