@@ -274,6 +274,24 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     assert read_checkpoint(path)["epoch"] == 2
 
 
+def test_a_loaded_payload_owns_its_tensors_in_lists_and_tuples(tmp_path: Path) -> None:
+    """Read memory-mapped, every walked tensor is copied out of the map: overwriting the file in
+    place afterwards (its mapped pages would see the change) leaves the payload as it was."""
+    payload = Run().payload()
+    state = {"x": [torch.arange(4.0), (torch.full((3,), 7.0), 5)], "flat": (1, 2)}
+    payload["scheduler_state_dicts"] = [state]
+    path = write_checkpoint(tmp_path / "a.ckpt", payload)
+    loaded = read_checkpoint(path)
+    with path.open("r+b") as f:
+        f.write(b"\0" * path.stat().st_size)
+    data = loaded["scheduler_state_dicts"][0]
+    assert torch.equal(data["x"][0], torch.arange(4.0))
+    assert torch.equal(data["x"][1][0], torch.full((3,), 7.0)) and data["x"][1][1] == 5
+    assert data["flat"] == (1, 2)
+    assert torch.equal(loaded["rng_states"]["torch_cpu"], payload["rng_states"]["torch_cpu"])
+    assert loaded["rng_states"]["python_random"] == payload["rng_states"]["python_random"]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_corrupt_files_raise_checkpoint_error_naming_the_path(tmp_path: Path, damage: str) -> None:
     path = write_checkpoint(tmp_path / "a.ckpt", Run().payload())

@@ -150,13 +150,18 @@ _UNWALKED_KEYS = (*_MAPPED_KEYS, KEY_METRICS_HISTORY, KEY_CONFIG_SNAPSHOT)  # no
 
 
 def _owned(obj: Any) -> Any:
-    """``obj`` with every tensor copied out of the file's memory map (containers rebuilt)."""
+    """``obj`` with every tensor copied out of the file's memory map (containers rebuilt where
+    they hold one; a flat tuple or list of plain values, such as the 625 ints of Python's RNG
+    state, is kept as it is)."""
     if isinstance(obj, torch.Tensor):
         return obj.clone()
-    if type(obj) in (dict, list, tuple):
-        if isinstance(obj, dict):
-            return {k: _owned(v) for k, v in obj.items()}
-        return type(obj)(_owned(v) for v in obj)
+    kind = type(obj)
+    if kind is dict:
+        return {k: _owned(v) for k, v in obj.items()}
+    if kind is list or kind is tuple:
+        if all(type(v) in _SCALARS for v in obj):
+            return obj
+        return kind(_owned(v) for v in obj)
     return obj
 
 
