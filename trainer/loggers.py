@@ -87,8 +87,8 @@ class CSVLogger(Logger):
     ``metrics_history``, so rows logged after the resumed checkpoint disappear.
 
     The file stays open for the run and rows reach it at least every ``flush_every_s`` seconds,
-    at every checkpoint, and when ``fit()`` returns (opening and closing it per row
-    cost ~0.2 ms a row). A process killed in between loses no metric: the next ``fit()`` rewrites
+    at every checkpoint, and when ``fit()`` returns (opening and closing it per row cost ~25 us
+    a row). A process killed in between loses no metric: the next ``fit()`` rewrites
     the file from the checkpoint's ``metrics_history``.
     """
 
@@ -171,6 +171,12 @@ class CSVLogger(Logger):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable between and during runs: the open file is flushed and left out (the next
+        row or ``start()`` opens it again)."""
+        self._sync()
+        return {**self.__dict__, "_file": None}
 
     def on_checkpoint(self, trainer: GenericTrainer, path: Path | None) -> None:
         if trainer.rank == 0:

@@ -139,6 +139,22 @@ def test_csv_rows_reach_the_file_by_time_and_at_every_checkpoint(tmp_path, flush
     assert csv_logger._file is None
 
 
+def test_a_csv_logger_pickles_mid_run_and_its_copy_appends(tmp_path) -> None:
+    import pickle
+
+    csv_logger = CSVLogger(flush_every_s=3600)
+    trainer = acc_trainer(tmp_path, callbacks=(csv_logger,), loggers=())
+    csv_logger.start(trainer)
+    for step, loss in ((2, 1.0), (4, 0.5), (6, 0.25)):  # as the trainer records and logs them
+        trainer.metrics_history.setdefault("train/loss", []).append([step, loss])
+        csv_logger.log_metrics(trainer, {"train/loss": loss}, step)
+    # row 2 went in with the header (a rewrite), row 4 is buffered, row 6 is still open
+    copy = pickle.loads(pickle.dumps(csv_logger))  # flushes row 4; the copy holds row 6
+    assert [r["step"] for r in read_csv(tmp_path / "metrics.csv")] == ["2", "4"]
+    csv_logger.finish(trainer)
+    assert copy._file is None and copy._row == {"train/loss": 0.25}
+
+
 def test_csv_logger_refuses_a_negative_flush_interval() -> None:
     with pytest.raises(ValueError, match=r"flush_every_s must be .* \(got -1\)"):
         CSVLogger(flush_every_s=-1)
