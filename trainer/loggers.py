@@ -156,10 +156,8 @@ class CSVLogger(Logger):
         csv.writer(self._file, lineterminator="\n").writerow(
             [str(step), *(_cell(row.get(c)) for c in self._columns)]
         )
-        now = time.monotonic()
-        if now - self._flushed_at >= self.flush_every_s:
-            self._file.flush()
-            self._flushed_at = now
+        if time.monotonic() - self._flushed_at >= self.flush_every_s:
+            self._sync()
 
     def _sync(self) -> None:
         """Every buffered row to the file (a finished row only: the current step may gain more)."""
