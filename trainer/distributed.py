@@ -8,9 +8,8 @@ same epoch schedule before it trains (a mismatch raises on every rank instead of
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,7 +19,6 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "average_gradients",
     "check_same_schedule",
-    "gradient_sync",
     "is_wrapped",
     "unwrap",
     "wrap_model",
@@ -59,19 +57,6 @@ def wrap_model(
         process_group=process_group,
         find_unused_parameters=config.ddp_find_unused_parameters,
     )
-
-
-@contextlib.contextmanager
-def gradient_sync(model: torch.nn.Module, *, final: bool) -> Iterator[bool]:
-    """Around a micro-step's forward and backward: no all-reduce unless it closes the window.
-
-    Yields whether the gradients of this micro-step are synchronised.
-    """
-    if final or not isinstance(model, DistributedDataParallel):
-        yield True
-        return
-    with model.no_sync():
-        yield False
 
 
 def average_gradients(model: torch.nn.Module, group: Any = None) -> None:

@@ -7,18 +7,14 @@ unit of work (:class:`Busy`) is running, so that an interruption inside one is k
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from trainer.distributed import gradient_sync
 from trainer.resume import ResumeState
 
 __all__ = [
@@ -29,7 +25,6 @@ __all__ = [
     "Busy",
     "LoopState",
     "Run",
-    "gradient_sync_of",
     "log_interrupt",
 ]
 
@@ -70,19 +65,6 @@ EPOCH_ACTIONS = (
 RUN_ONCE = (Action.STEP_CALLBACKS, Action.EPOCH_CALLBACKS)
 
 
-_SYNCED = contextlib.nullcontext(True)
-
-
-def _always_synced(model: torch.nn.Module, *, final: bool) -> contextlib.nullcontext[bool]:
-    return _SYNCED
-
-
-def gradient_sync_of(model: torch.nn.Module) -> Callable[..., contextlib.AbstractContextManager]:
-    """:func:`~trainer.distributed.gradient_sync` for a DDP model; for any other, a context that
-    yields True and costs nothing to enter (it is entered every batch)."""
-    return gradient_sync if isinstance(model, DistributedDataParallel) else _always_synced
-
-
 class Busy(enum.Enum):
     """A unit of work that leaves the in-memory state mid-way when interrupted inside."""
 
@@ -108,12 +90,23 @@ class LoopState:
     schedule_checked: bool = False
     scales: list[float] = attrs.field(factory=list)
     owners: list[tuple[int, ...]] = attrs.field(factory=list)
-    #: This fit()'s step actions that can do anything (see :func:`trainer.steps.plan_actions`).
+    # What this fit() does per batch and per step, decided once (see trainer.steps.plan_actions).
+    #: The step actions that can do anything, queued after every optimizer step.
     step_actions: tuple[Action, ...] = STEP_ACTIONS
+    #: Whether the loop checks the local preemption flag itself after each step (one process:
+    #: nothing to agree on), :data:`Action.CHECK_PREEMPTION` being left out of ``step_actions``.
+    checks_flag: bool = False
     #: The callbacks whose ``on_train_batch_end`` is not the no-op of the base class.
     batch_callbacks: list[Any] = attrs.field(factory=list)
-    #: ``gradient_sync(model, final=...)`` for the trainer's model (see trainer.devices).
-    gradient_sync: Any = gradient_sync
+    #: DDP: a micro-step that does not close its window runs under ``no_sync()``.
+    ddp: bool = False
+    #: The precision's forward is a plain call and its backward a plain ``loss.backward()``: the
+    #: loop makes them itself (two calls fewer per batch).
+    plain_precision: bool = False
+    #: ``log_every_n_steps``, read once.
+    log_every: int = 1
+    #: Every optimizer, in order: a window that touched all of them steps these (no sort).
+    all_optimizers: tuple[int, ...] = ()
 
     def note_exit(self, exc: BaseException, state: ResumeState, root: Path) -> None:
         """``fit()`` is leaving with ``exc``: inside a unit of work the state is now mid-way."""

@@ -1,7 +1,7 @@
 """The scalars a run records: every value a training or validation step returns.
 
-A training step's outputs are kept, detached, for the micro-batches of the current accumulation
-window; at every ``log_every_n_steps``-th optimizer step their means become ``train/<name>``
+A training step's loss (its graph freed by the backward) and its other scalars (detached) are kept
+for the micro-batches of the current accumulation window; at every ``log_every_n_steps``-th optimizer step their means become ``train/<name>``
 (``train/loss`` included). Validation gives ``val/<name>`` and ``val/<loader>/<name>``.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["describe", "is_scalar", "scalar_outputs", "window_means"]
+__all__ = ["describe", "is_scalar", "mean_loss", "scalar_outputs", "window_means"]
 
 
 def is_scalar(value: Any) -> bool:
@@ -35,11 +35,17 @@ def scalar_outputs(outputs: Mapping[str, Any]) -> dict[str, Any] | None:
     return extras or None
 
 
+def mean_loss(losses: Sequence[tuple[torch.Tensor, str, int]]) -> float:
+    """The mean of a window's ``(loss, loader name, batch index)`` losses."""
+    with torch.no_grad():  # the losses may still require grad (their graphs are freed)
+        return float(torch.stack([x.float() for x, _, _ in losses]).mean())
+
+
 def window_means(
-    losses: Sequence[torch.Tensor], extras: Sequence[Mapping[str, Any]]
+    losses: Sequence[tuple[torch.Tensor, str, int]], extras: Sequence[Mapping[str, Any]]
 ) -> dict[str, float]:
     """``train/loss`` and ``train/<name>``: means over the window's micro-batches."""
-    metrics = {"train/loss": float(torch.stack([x.float() for x in losses]).mean())}
+    metrics = {"train/loss": mean_loss(losses)}
     names = sorted({key for row in extras for key in row})
     for name in names:
         values = [float(row[name]) for row in extras if name in row]

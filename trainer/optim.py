@@ -12,7 +12,7 @@ import torch
 
 from trainer.config import GenericTrainerConfig, NonFiniteLoss
 from trainer.distributed import average_gradients
-from trainer.precision import Precision
+from trainer.precision import Precision, is_plain
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +125,13 @@ def check_losses(
     if len(losses) == 1:
         finite = math.isfinite(losses[0][0].item())
     else:
-        finite = bool(torch.isfinite(torch.stack([x.float() for x, _, _ in losses])).all())
+        with torch.no_grad():  # the losses may still require grad (their graphs are freed)
+            finite = bool(torch.isfinite(torch.stack([x.float() for x, _, _ in losses])).all())
     if finite:
         return True
     value, name, batch_idx = next((x, n, b) for x, n, b in losses if not torch.isfinite(x))
     where = (
-        f"loss {float(value)} at epoch {epoch}, batch {batch_idx} of loader {name!r} "
+        f"loss {value.item()} at epoch {epoch}, batch {batch_idx} of loader {name!r} "
         f"(optimizer step {step})"
     )
     if mode is NonFiniteLoss.RAISE:
@@ -180,23 +181,30 @@ class WindowStepper:
     schedulers_per_step: bool
     process_group: Any = None
     _step_schedulers: list[Any] = attrs.field(init=False, factory=list)
+    _plain: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         # which schedulers an optimizer step may step: none unless they step per optimizer step
         self._step_schedulers = self.schedulers if self.schedulers_per_step else []
+        # nothing to unscale or clip: each optimizer's step() is called here, not by the precision
+        self._plain = is_plain(self.precision) and self.clip_grad_norm is None
 
-    def step(self, ids: Sequence[int], *, finite: bool, unsynced: bool) -> None:
+    def step(self, ids: Sequence[int], finite: bool, unsynced: bool) -> None:
         """Step the optimizers ``ids`` (none when the window's loss was not ``finite``), drop every
         gradient, step their schedulers; all-reduce by hand first when the window closed on a
         micro-step that ran under DDP's ``no_sync`` (``unsynced``)."""
         if unsynced:
             average_gradients(self.model, self.process_group)
-        stepped = (
-            self.precision.step_optimizers(self.optimizers, ids, self.clip_grad_norm)
-            if finite
-            else ()
-        )
-        for optimizer in self.optimizers:  # zero_grads, inlined: it runs every step
+        optimizers = self.optimizers
+        if not finite:
+            stepped: Sequence[int] = ()
+        elif self._plain:
+            for i in ids:
+                optimizers[i].step()
+            stepped = ids
+        else:
+            stepped = self.precision.step_optimizers(optimizers, ids, self.clip_grad_norm)
+        for optimizer in optimizers:  # zero_grads, inlined: it runs every step
             optimizer.zero_grad(set_to_none=True)
         for param in self.unowned_params:
             param.grad = None

@@ -36,7 +36,7 @@ import torch
 
 from trainer.config import AmpDtype, PerformanceConfig
 
-__all__ = ["MixedPrecision", "Precision", "make_precision"]
+__all__ = ["MixedPrecision", "Precision", "is_plain", "make_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,17 @@ class MixedPrecision(Precision):
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
         return f"MixedPrecision(device_type={self.device_type!r}, dtype={dtype}, scaler={self._scaler is not None})"
+
+
+def is_plain(precision: Precision) -> bool:
+    """Whether ``precision`` does the plain thing at every boundary (forward a plain call,
+    backward ``loss.backward()``, each optimizer stepped): the loop then makes those calls itself,
+    with no call into the precision per batch or step."""
+    kind = type(precision)
+    return all(
+        getattr(kind, name) is getattr(Precision, name)
+        for name in ("forward", "backward", "step_optimizers")
+    )
 
 
 def _clip_gradients(

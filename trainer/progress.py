@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from trainer.metrics import describe
+from trainer.metrics import describe, mean_loss
 
 __all__ = ["EpochProgress", "ensure_console_logging"]
 
@@ -45,17 +45,15 @@ class EpochProgress:
 
     def __init__(self, total: int, epoch_iter: Any, epoch: int, *, enabled: bool) -> None:
         self.enabled = enabled
-        self.bar = tqdm(
-            total=total,
-            initial=epoch_iter.position,
-            desc=f"epoch {epoch}",
-            disable=not enabled,
-            leave=True,
+        # none when off: even a disabled tqdm starts tqdm's monitor thread, which wakes every 10 s
+        self.bar = (
+            tqdm(total=total, initial=epoch_iter.position, desc=f"epoch {epoch}", leave=True)
+            if enabled
+            else None
         )
         self._epoch_iter = epoch_iter
         self.started = self._shown = time.monotonic()
         self._samples_at_start = self._samples_shown = self._samples_now()
-        self.steps = 0
         self.loss: float | None = None
 
     def _samples_now(self) -> int:
@@ -68,18 +66,20 @@ class EpochProgress:
 
     def batch(self) -> None:
         """One batch done."""
-        if self.enabled:
+        if self.bar is not None:
             self.bar.update(1)
 
-    def step(self, losses: list[torch.Tensor], optimizer: Any, global_step: int) -> None:
-        """An optimizer step closed a window with these losses (read at most twice a second)."""
-        self.steps += 1
-        if not self.enabled or not losses:
+    def step(
+        self, losses: list[tuple[torch.Tensor, str, int]], optimizer: Any, global_step: int
+    ) -> None:
+        """An optimizer step closed a window with these ``(loss, loader name, batch index)``
+        losses (read at most twice a second)."""
+        if self.bar is None or not losses:
             return
         now = time.monotonic()
         if now - self._shown < _REFRESH_S:
             return
-        value = float(torch.stack([x.float() for x in losses]).mean())
+        value = mean_loss(losses)
         self.loss = (
             value if self.loss is None else _SMOOTHING * self.loss + (1 - _SMOOTHING) * value
         )
@@ -110,7 +110,8 @@ class EpochProgress:
         )
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
     def __enter__(self) -> EpochProgress:
         return self

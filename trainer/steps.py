@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.nn.parallel import DistributedDataParallel
+
 from trainer.callbacks import Callback
 from trainer.config import SchedulerInterval, ValidationFrequency
-from trainer.inflight import (
-    EPOCH_ACTIONS,
-    RUN_ONCE,
-    STEP_ACTIONS,
-    Action,
-    LoopState,
-    gradient_sync_of,
-)
+from trainer.inflight import EPOCH_ACTIONS, RUN_ONCE, STEP_ACTIONS, Action, LoopState
+from trainer.precision import is_plain
 from trainer.preemption import PreemptionFlag
 from trainer.resume import ResumePhase, SaveReason
 
@@ -30,20 +26,30 @@ def _overrides(callback: Any, hook: str) -> bool:
 
 
 def plan_actions(trainer: Any) -> None:
-    """At ``fit()``'s start: leave out of every step the actions this run can never make do
-    anything (they would only test their condition), note which callbacks have a batch hook, and
-    pick the model's gradient-sync context (one that costs nothing outside DDP).
+    """At ``fit()``'s start, decide what each batch and step of this run does.
+
+    Left out of every step: the actions this run can never make do anything (they would only test
+    their condition) and, in a single process, the preemption check, which the loop makes itself
+    (a flag read; the queue is for work that must survive an interruption). Noted: which callbacks
+    have a batch hook, whether micro-steps need DDP's ``no_sync``, whether the precision is the
+    plain one, and the optimizers a full window steps.
     """
     config, callbacks = trainer.config, trainer.callbacks
+    alone = trainer.world_size == 1
     can_act = {
         Action.VALIDATE_IF_DUE: config.validation.frequency is ValidationFrequency.EVERY_N_STEPS,
         Action.SAVE_IF_DUE: bool(config.checkpoint.save_every_n_steps),
         Action.STEP_CALLBACKS: any(_overrides(c, "on_optimizer_step") for c in callbacks),
+        Action.CHECK_PREEMPTION: not alone,
     }
     loop = trainer._loop
     loop.step_actions = tuple(a for a in STEP_ACTIONS if can_act.get(a, True))
+    loop.checks_flag = alone
     loop.batch_callbacks = [c for c in callbacks if _overrides(c, "on_train_batch_end")]
-    loop.gradient_sync = gradient_sync_of(trainer.model)
+    loop.ddp = isinstance(trainer.model, DistributedDataParallel)
+    loop.plain_precision = is_plain(trainer.precision)
+    loop.log_every = config.log_every_n_steps
+    loop.all_optimizers = tuple(range(len(trainer.optimizers)))
 
 
 def close_epoch(loop: LoopState) -> None:
