@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from statefuldata import make_loader
 from tests.data import Features
 from tests.trainer.harness import SignalAt
-from trainer import CheckpointConfig, GenericTrainer, GenericTrainerConfig
+from trainer import CheckpointConfig, GenericTrainer, GenericTrainerConfig, PerformanceConfig
 from trainer.checkpoints import read_checkpoint
 
 WORLD = 2
@@ -116,3 +116,33 @@ def test_a_signal_inside_the_agreement_is_honoured_at_the_next_boundary_on_every
     assert (
         read_checkpoint(tmp_path / "run" / files[0])["resume_state"]["save_reason"] == "preempted"
     )
+
+
+def test_micro_steps_that_do_not_close_a_window_skip_the_all_reduce(tmp_path: Path) -> None:
+    """Under DDP, accumulation of 4: one gradient all-reduce per optimizer step, not per batch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 1))
+        reductions: list[int] = []
+
+        def count(state, bucket):  # unannotated: DDP checks annotations against real types
+            reductions.append(bucket.index())
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        model.register_comm_hook(None, count)
+        config = GenericTrainerConfig(
+            checkpoint=CheckpointConfig(root_dir=tmp_path, save_every_n_epochs=None),
+            performance=PerformanceConfig(gradient_accumulation_steps=4),
+            progress_bar=False,
+        )
+        trainer = GenericTrainer(config, model, torch.optim.SGD(model.parameters(), lr=0.1))
+        trainer.set_training_step(lambda t, batch, *_: {"loss": t.model(batch["x"]).pow(2).mean()})
+        trainer.fit([make_loader(Features(32), batch_size=4)], max_epochs=1)  # 8 batches
+        assert trainer.state.global_step == 2
+        assert reductions == [0, 0]  # one bucket, once per window
+    finally:
+        dist.destroy_process_group()
