@@ -7,7 +7,8 @@ percent the trainer and loader targets are about. The instructions a step execut
 workload runs twice under ``valgrind --tool=cachegrind --cache-sim=no``, at two lengths, and the
 difference of the two totals divided by the difference of the lengths is the count per step (or per
 batch), with interpreter start-up, imports and per-run setup cancelled out. BLAS and OpenMP are held
-to one thread (``OPENBLAS_NUM_THREADS=1`` etc.), so no spinning thread adds to a count.
+to one thread (``OPENBLAS_NUM_THREADS=1`` etc.), so no spinning thread adds to a count, and
+``PYTHONHASHSEED=0`` makes the one-time costs of the two runs the same.
 
 Workloads, the same as the timed benchmarks':
 
@@ -15,6 +16,9 @@ Workloads, the same as the timed benchmarks':
   trainer with no periodic checkpoint and its default loggers; epochs of 250 steps, 1 and 3 epochs.
 - ``torch DataLoader`` and ``make_loader``: :mod:`benchmarks.loader_throughput`'s shuffled
   ``SyntheticMap`` loaders at 0 workers, batch 64; 1 and 3 passes of 250 batches.
+- ``loaders by hand`` and ``DataLoaderManager``: :mod:`benchmarks.scheduler`'s three loaders mixed
+  WEIGHTED 0.5/0.3/0.2, of 125, 75 and 50 batches (an epoch of 250), at 0 workers; by hand is
+  ``next(iterators[i])`` along the manager's schedule; 1 and 3 epochs.
 
 A count is not a time: cache misses and branch mispredictions are not in it, so a ratio of counts
 is a floor for the ratio of times, not a prediction of it.
@@ -38,10 +42,17 @@ __all__ = ["PAIRS", "count_per_unit", "main"]
 PAIRS = (
     ("instructions per optimizer step", "hand loop", "GenericTrainer"),
     ("instructions per batch, 0 workers", "torch DataLoader", "make_loader"),
+    ("instructions per batch, 3 loaders, 0 workers", "loaders by hand", "DataLoaderManager"),
 )
 SHORT, LONG = 1, 3  # epochs (or passes) of UNITS each
 UNITS = 250
-_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+#: One BLAS/OpenMP thread; one string-hash seed, so that both lengths pay the same one-time costs
+#: (with random seeds, dict probing during imports alone moves a count by ~5M instructions, i.e.
+#: ~10,000 per unit of the difference).
+_CHILD_ENV = {
+    **{name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    "PYTHONHASHSEED": "0",
+}
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
@@ -67,12 +78,38 @@ def _run_workload(name: str, passes: int) -> int:
         else:
             trainer_step._trainer(plan, dataset, None, {})
         return plan.steps
+    if name in ("loaders by hand", "DataLoaderManager"):
+        return _scheduler_workload(name, passes)
     from benchmarks import loader_throughput
     from benchmarks.data import SyntheticMap
 
     kind = loader_throughput.PLAIN if name == "torch DataLoader" else loader_throughput.OURS
     loader = loader_throughput._build(kind, SyntheticMap(UNITS * loader_throughput.BATCH), 0)
     return sum(1 for _ in range(passes) for _batch in loader)
+
+
+def _scheduler_workload(name: str, passes: int) -> int:
+    import collections
+
+    import attrs
+
+    from benchmarks import scheduler
+    from statefuldata import DataLoaderManager
+
+    lengths = (UNITS // 2, UNITS * 3 // 10, UNITS // 5)
+    plan = attrs.evolve(scheduler.QUICK, lengths=lengths)
+    loaders = scheduler._loaders(plan, 0)
+    manager = DataLoaderManager(loaders, train_config=scheduler._config())
+    if name == "DataLoaderManager":
+        for epoch in range(passes):
+            collections.deque(manager.create_epoch_iterator("train", epoch), maxlen=0)
+        return passes * sum(lengths)
+    schedule = list(manager.create_epoch_iterator("train", 0).schedule)
+    for _ in range(passes):
+        iterators = [iter(loader) for loader in loaders]
+        for index in schedule:
+            next(iterators[index])
+    return passes * len(schedule)
 
 
 def _instructions(name: str, passes: int, valgrind: str) -> int:
@@ -94,7 +131,7 @@ def _instructions(name: str, passes: int, valgrind: str) -> int:
             command,
             capture_output=True,
             text=True,
-            env={**os.environ, **_ONE_THREAD},
+            env={**os.environ, **_CHILD_ENV},
             cwd=Path(__file__).resolve().parents[1],
             check=False,
         )

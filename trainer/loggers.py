@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import logging
 import math
+import os
+import socket
+import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from trainer.callbacks import Callback
 from trainer.checkpoints.atomic import atomic_write
@@ -39,6 +43,7 @@ __all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]
 logger = logging.getLogger(__name__)
 
 GenericTrainer = Any
+_EVENT_FILES = itertools.count()  # the last part of an event file's name: unique in the process
 
 
 def rows_by_step(history: Mapping[str, list[list[float]]]) -> dict[int, dict[str, float]]:
@@ -79,7 +84,47 @@ def _cell(value: float | None) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
 
 
-class CSVLogger(Logger):
+class _FileLogger(Logger):
+    """A logger that keeps its file open for the run and flushes it at least every
+    ``flush_every_s`` seconds, at every checkpoint and when ``fit()`` returns (the CSV and
+    TensorBoard loggers). Picklable between and during runs: the open file is flushed and left
+    out, and opened again when needed."""
+
+    def __init__(self, flush_every_s: float) -> None:
+        if not (isinstance(flush_every_s, (int, float)) and flush_every_s >= 0):
+            raise ValueError(
+                f"flush_every_s must be a number of seconds >= 0 (got {flush_every_s!r}); 0 "
+                "flushes every row"
+            )
+        self.flush_every_s = float(flush_every_s)
+        self._file: IO[Any] | None = None
+        self._flushed_at = 0.0
+
+    def _sync_if_due(self) -> None:
+        if time.monotonic() - self._flushed_at >= self.flush_every_s:
+            self._sync()
+
+    def _sync(self) -> None:
+        """What was written so far to the file."""
+        if self._file is not None:
+            self._file.flush()
+            self._flushed_at = time.monotonic()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._sync()
+        return {**self.__dict__, "_file": None}
+
+    def on_checkpoint(self, trainer: GenericTrainer, path: Path | None) -> None:
+        if trainer.rank == 0:
+            self._sync()
+
+
+class CSVLogger(_FileLogger):
     """``metrics.csv`` in ``root_dir`` (or ``path``): a ``step`` column, then one per metric.
 
     One row per logged step; a row is written once its step is over (the next step's metrics
@@ -95,18 +140,11 @@ class CSVLogger(Logger):
     FILE_NAME = "metrics.csv"
 
     def __init__(self, path: str | Path | None = None, *, flush_every_s: float = 1.0) -> None:
-        if not (isinstance(flush_every_s, (int, float)) and flush_every_s >= 0):
-            raise ValueError(
-                f"flush_every_s must be a number of seconds >= 0 (got {flush_every_s!r}); 0 "
-                "flushes every row"
-            )
+        super().__init__(flush_every_s)
         self.path = None if path is None else Path(path)
-        self.flush_every_s = float(flush_every_s)
         self._columns: list[str] = []
         self._step: int | None = None
         self._row: dict[str, float] = {}
-        self._file: TextIO | None = None
-        self._flushed_at = 0.0
 
     def _target(self, trainer: GenericTrainer) -> Path:
         return self.path or Path(trainer.checkpoints.root_dir) / self.FILE_NAME
@@ -156,63 +194,77 @@ class CSVLogger(Logger):
         csv.writer(self._file, lineterminator="\n").writerow(
             [str(step), *(_cell(row.get(c)) for c in self._columns)]
         )
-        if time.monotonic() - self._flushed_at >= self.flush_every_s:
-            self._sync()
-
-    def _sync(self) -> None:
-        """Every buffered row to the file (a finished row only: the current step may gain more)."""
-        if self._file is not None:
-            self._file.flush()
-            self._flushed_at = time.monotonic()
-
-    def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Picklable between and during runs: the open file is flushed and left out (the next
-        row or ``start()`` opens it again)."""
-        self._sync()
-        return {**self.__dict__, "_file": None}
-
-    def on_checkpoint(self, trainer: GenericTrainer, path: Path | None) -> None:
-        if trainer.rank == 0:
-            self._sync()
+        self._sync_if_due()
 
     def finish(self, trainer: GenericTrainer) -> None:
         self._flush(trainer)
         self._close()
 
 
-class TensorBoardLogger(Logger):
-    """TensorBoard event files in ``root_dir/tensorboard`` (``torch.utils.tensorboard``).
+class TensorBoardLogger(_FileLogger):
+    """TensorBoard event files in ``root_dir/tensorboard`` (or ``log_dir``), one per ``fit()``.
 
-    A resumed run opens its writer with ``purge_step`` = the resumed step + 1, so TensorBoard hides
-    what a preempted run logged after its checkpoint.
+    The logger writes the events itself, on the training thread: one event per logged group,
+    reaching the file at least every ``flush_every_s`` seconds, at every checkpoint and when
+    ``fit()`` returns. (``torch.utils.tensorboard.SummaryWriter`` writes from a thread of its
+    own; a second thread in the process makes every ``malloc`` take a lock, ~8,000 instructions
+    per training step of the trainer benchmark.) A resumed run's file starts with TensorBoard's
+    purge marker at the resumed step + 1, so TensorBoard hides what a preempted run logged after
+    its checkpoint. Needs the ``tensorboard`` package (for its event protos).
     """
 
-    def __init__(self, log_dir: str | Path | None = None) -> None:
+    def __init__(self, log_dir: str | Path | None = None, *, flush_every_s: float = 1.0) -> None:
+        super().__init__(flush_every_s)
         self.log_dir = None if log_dir is None else Path(log_dir)
-        self._writer: Any = None
+        self._path: Path | None = None
 
     def start(self, trainer: GenericTrainer) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-        self.finish(trainer)
+        self._close()
         log_dir = self.log_dir or Path(trainer.checkpoints.root_dir) / "tensorboard"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        self._path = log_dir / (
+            f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}."
+            f"{next(_EVENT_FILES)}"
+        )
+        self._file = self._path.open("ab")
+        self._write(Event(wall_time=now, file_version="brain.Event:2"))
         step = trainer.state.global_step
-        self._writer = SummaryWriter(str(log_dir), purge_step=step + 1 if step else None)
+        if step:  # TensorBoard drops what earlier files hold from this step on
+            start = SessionLog(status=SessionLog.START)
+            self._write(Event(wall_time=now, step=step + 1, session_log=start))
+        self._sync()
 
     def log_metrics(self, trainer: GenericTrainer, metrics: dict[str, float], step: int) -> None:
-        if self._writer is not None:
-            for key, value in metrics.items():
-                self._writer.add_scalar(key, value, step)
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        if self._path is None:  # never started
+            return
+        values = [Summary.Value(tag=key, simple_value=float(v)) for key, v in metrics.items()]
+        self._write(Event(wall_time=time.time(), step=step, summary=Summary(value=values)))
+        self._sync_if_due()
+
+    def _write(self, event: Any) -> None:
+        """One TFRecord: length, its masked CRC-32C, the serialized event, its masked CRC-32C."""
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+        if self._file is None:  # unpickled mid-run: append to this run's file
+            assert self._path is not None
+            self._file = self._path.open("ab")
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(
+            header
+            + struct.pack("<I", masked_crc32c(header))
+            + data
+            + struct.pack("<I", masked_crc32c(data))
+        )
 
     def finish(self, trainer: GenericTrainer) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._close()
 
 
 def tensorboard_available() -> bool:

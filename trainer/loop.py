@@ -312,11 +312,7 @@ class GenericTrainer:
                 self.precision.backward(loss if scale == 1.0 else loss * scale)
             loop.window.update(loop.owners[loader_idx])
             loop.unsynced = not synced
-            # kept as it is: the backward freed its graph, and a detach() costs as much as a
-            # third of this function
-            loop.window_losses.append((loss, name, batch_idx))
-        else:  # no backward: a detached copy, so the graph is not kept to the window's end
-            loop.window_losses.append((loss.detach(), name, batch_idx))
+        loop.window_losses.append((loss.detach(), name, batch_idx))
         if len(outputs) > 1:
             extras = scalar_outputs(outputs)
             if extras is not None:

@@ -1,7 +1,7 @@
 """The scalars a run records: every value a training or validation step returns.
 
-A training step's loss (its graph freed by the backward) and its other scalars (detached) are kept
-for the micro-batches of the current accumulation window; at every ``log_every_n_steps``-th optimizer step their means become ``train/<name>``
+A training step's outputs are kept, detached, for the micro-batches of the current accumulation
+window; at every ``log_every_n_steps``-th optimizer step their means become ``train/<name>``
 (``train/loss`` included). Validation gives ``val/<name>`` and ``val/<loader>/<name>``.
 """
 
@@ -37,8 +37,7 @@ def scalar_outputs(outputs: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def mean_loss(losses: Sequence[tuple[torch.Tensor, str, int]]) -> float:
     """The mean of a window's ``(loss, loader name, batch index)`` losses."""
-    with torch.no_grad():  # the losses may still require grad (their graphs are freed)
-        return float(torch.stack([x.float() for x, _, _ in losses]).mean())
+    return float(torch.stack([x.float() for x, _, _ in losses]).mean())
 
 
 def window_means(

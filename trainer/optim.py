@@ -125,8 +125,7 @@ def check_losses(
     if len(losses) == 1:
         finite = math.isfinite(losses[0][0].item())
     else:
-        with torch.no_grad():  # the losses may still require grad (their graphs are freed)
-            finite = bool(torch.isfinite(torch.stack([x.float() for x, _, _ in losses])).all())
+        finite = bool(torch.isfinite(torch.stack([x.float() for x, _, _ in losses])).all())
     if finite:
         return True
     value, name, batch_idx = next((x, n, b) for x, n, b in losses if not torch.isfinite(x))

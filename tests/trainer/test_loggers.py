@@ -6,6 +6,7 @@ import csv
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,14 @@ import torch
 from statefuldata import make_loader
 from tests.data import Features
 from tests.trainer.harness import SignalAt
-from trainer import CheckpointConfig, CSVLogger, GenericTrainer, GenericTrainerConfig, Logger
+from trainer import (
+    CheckpointConfig,
+    CSVLogger,
+    GenericTrainer,
+    GenericTrainerConfig,
+    Logger,
+    TensorBoardLogger,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,17 +168,103 @@ def test_csv_logger_refuses_a_negative_flush_interval() -> None:
         CSVLogger(flush_every_s=-1)
 
 
-def test_tensorboard_event_files_appear(tmp_path) -> None:
-    pytest.importorskip("tensorboard", reason="tensorboard is an optional test dependency")
+def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard shows for ``log_dir``, as (step, value) per tag."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc_trainer(tmp_path).fit(*data(), max_epochs=1)
-    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert events
-    accumulator = EventAccumulator(str(tmp_path / "tensorboard"))
+    accumulator = EventAccumulator(str(log_dir))
     accumulator.Reload()
-    assert {"train/loss", "train/acc", "val/loss"} <= set(accumulator.Tags()["scalars"])
-    assert [e.step for e in accumulator.Scalars("train/acc")] == [2, 4, 6, 8, 10]
+    return {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def test_tensorboard_event_files_appear(tmp_path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional test dependency")
+    trainer = acc_trainer(tmp_path)
+    trainer.fit(*data(), max_epochs=1)
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    assert {"train/loss", "train/acc", "val/loss"} <= set(scalars)
+    assert [step for step, _ in scalars["train/acc"]] == [2, 4, 6, 8, 10]
+    for key, points in trainer.metrics_history.items():  # float32 in the file
+        assert scalars[key] == [(s, pytest.approx(v, rel=1e-6)) for s, v in points], key
+
+
+def test_tensorboard_hides_what_a_run_logged_after_the_resumed_checkpoint(tmp_path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional test dependency")
+    acc_trainer(tmp_path / "ref").fit(*data(), max_epochs=2)
+    run = tmp_path / "run"
+    acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3)).fit(
+        *data(), max_epochs=2
+    )
+    # as if the run crashed after step 20 with step 15's checkpoint as its newest
+    for path in run.glob("*.ckpt"):
+        if path.name == "latest.ckpt" or int(path.stem.split("step=")[1]) > 15:
+            path.unlink()
+    resumed = acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3))
+    resumed.fit(*data(), max_epochs=2)
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    expected = tensorboard_scalars(tmp_path / "ref" / "tensorboard")
+    assert tensorboard_scalars(run / "tensorboard") == expected  # steps 16-20 once, as in ref
+    assert [step for step, _ in expected["train/acc"]] == list(range(2, 21, 2))
+
+
+class TensorBoardWatcher(Logger):
+    """After the TensorBoard logger: the train/loss steps in its files at each log and checkpoint."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir, self.seen = log_dir, []
+
+    def steps(self) -> list[int]:
+        return [step for step, _ in tensorboard_scalars(self.log_dir).get("train/loss", [])]
+
+    def log_metrics(self, trainer, metrics, step) -> None:
+        self.seen.append(("log", step, self.steps()))
+        self.threads = {type(t).__module__ for t in threading.enumerate()}
+
+    def on_checkpoint(self, trainer, path) -> None:
+        self.seen.append(("checkpoint", trainer.state.global_step, self.steps()))
+
+
+@pytest.mark.parametrize("flush_every_s", [0, 3600])
+def test_tensorboard_events_reach_the_file_by_time_and_at_every_checkpoint(
+    tmp_path, flush_every_s
+) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional test dependency")
+    watcher = TensorBoardWatcher(tmp_path / "tensorboard")
+    checkpoint = CheckpointConfig(root_dir=tmp_path, save_every_n_steps=4, save_every_n_epochs=None)
+    board = TensorBoardLogger(flush_every_s=flush_every_s)
+    trainer = acc_trainer(tmp_path, callbacks=(board, watcher), loggers=(), checkpoint=checkpoint)
+    trainer.fit(*data(), max_epochs=1)
+    seen = {(kind, step): steps for kind, step, steps in watcher.seen}
+    assert seen[("log", 2)] == ([2] if flush_every_s == 0 else [])
+    assert seen[("log", 6)] == ([2, 4, 6] if flush_every_s == 0 else [2, 4])
+    assert seen[("checkpoint", 4)] == [2, 4] and seen[("checkpoint", 8)] == [2, 4, 6, 8]
+    assert watcher.steps() == [2, 4, 6, 8, 10] and board._file is None  # fit() returned
+    assert not any(m.startswith("tensorboard") for m in watcher.threads)  # no writer thread
+
+
+def test_a_tensorboard_logger_pickles_mid_run_and_its_copy_appends(tmp_path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional test dependency")
+    import pickle
+
+    board = TensorBoardLogger(tmp_path / "tb", flush_every_s=3600)
+    trainer = acc_trainer(tmp_path, loggers=())
+    board.start(trainer)
+    board.log_metrics(trainer, {"train/loss": 1.0}, 2)
+    copy = pickle.loads(pickle.dumps(board))  # flushes step 2
+    assert [s for s, _ in tensorboard_scalars(tmp_path / "tb")["train/loss"]] == [2]
+    copy.log_metrics(trainer, {"train/loss": 0.5}, 4)
+    copy.finish(trainer)
+    board.finish(trainer)
+    assert tensorboard_scalars(tmp_path / "tb")["train/loss"] == [(2, 1.0), (4, 0.5)]
+
+
+def test_a_tensorboard_logger_refuses_a_negative_flush_interval() -> None:
+    with pytest.raises(ValueError, match=r"flush_every_s must be .* \(got -0.5\)"):
+        TensorBoardLogger(flush_every_s=-0.5)
 
 
 def test_a_user_logger_in_a_few_lines(tmp_path) -> None:
