@@ -66,7 +66,12 @@ def _group_world(value: int | None) -> int:
     return process_group_rank_and_world()[1] if value is None else value
 
 
-@attrs.define(eq=False)
+# Fields are validated (and converted) at construction only: with on_setattr hooks, attrs routes
+# every attribute write through four Python calls, the iteration state's per-chunk writes included.
+_NO_HOOKS = attrs.setters.NO_OP
+
+
+@attrs.define(eq=False, on_setattr=_NO_HOOKS)
 class PositionSampler:
     """Shared machinery: rank striding, padding, chunked iteration, state (see module docstring).
 
@@ -334,7 +339,7 @@ def advance_state(state: dict[str, Any], samples: int) -> dict[str, Any]:
     return {**state, PositionSampler.KEY_POSITION: position}
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_NO_HOOKS)
 class SequentialSampler(PositionSampler):
     """``0, 1, ..., n-1`` every epoch (strided by rank), with resumable state.
 
@@ -355,7 +360,7 @@ class SequentialSampler(PositionSampler):
         return positions
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=_NO_HOOKS)
 class ShuffledSampler(PositionSampler):
     """A fresh shuffled order of ``range(n)`` each epoch, computed lazily from ``(seed, epoch)``.
 

@@ -80,7 +80,8 @@ def _loader_epoch(default: int) -> int:
         return default
 
 
-@attrs.define(eq=False)
+# validated at construction only: a hooked __setattr__ costs four Python calls per item's write
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class ShuffleBuffer(IterableDataset[Any]):
     """Shuffle a stream through a window of ``buffer_size`` items; resumes exactly.
 

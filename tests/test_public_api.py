@@ -20,6 +20,7 @@ INTERNAL = {
     "statefuldata.state",
     "statefuldata.torchdata_state",
     "statefuldata.schedule",
+    "trainer.batches",
     "trainer.checkpoints.atomic",
     "trainer.checkpoints.best",
     "trainer.checkpoints",

@@ -3,12 +3,12 @@
 Per batch: fetch, forward under the precision context, backward; at the accumulation boundary the
 optimizer step, then the step's actions (validate, checkpoint, callbacks, preemption: a queue, so an
 interruption inside resumes with what is still due). Checkpoints are taken at step boundaries.
+The batches of an epoch and the optimizer step are :mod:`trainer.batches` (the hot path).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,24 +16,25 @@ from typing import Any
 import torch
 
 from statefuldata import DataLoaderManager, seed_everything
+from trainer.batches import optimizer_step, run_batches
 from trainer.callbacks import Callback
 from trainer.checkpoints.manager import CheckpointManager
 from trainer.config import GenericTrainerConfig, SchedulerInterval
 from trainer.data import TrainerData, as_list
 from trainer.devices import move_to_device, rank_and_world_size, resolve_device
-from trainer.distributed import check_same_schedule, unwrap, wrap_model
-from trainer.inflight import Action, Busy, LoopState, Run
+from trainer.distributed import unwrap, wrap_model
+from trainer.inflight import LoopState, Run
 from trainer.loggers import default_loggers
-from trainer.metrics import describe, scalar_outputs, window_means
-from trainer.optim import WindowStepper, check_losses, check_trainer_args, loss_of, require_grad
+from trainer.metrics import describe
+from trainer.optim import WindowStepper, check_trainer_args
 from trainer.persistence import SKIPPED_STEPS_KEY, TrainerIO, resume_source
 from trainer.precision import make_precision
 from trainer.preemption import InterruptFlag, PreemptionFlag
-from trainer.progress import EpochProgress, ensure_console_logging
+from trainer.progress import ensure_console_logging
 from trainer.result import FitResult, FitStatus
 from trainer.resume import ResumeState, SaveReason
 from trainer.rng import restore_rng_states
-from trainer.steps import act, close_epoch, drain, plan_actions
+from trainer.steps import close_epoch, drain, plan_actions
 from trainer.validation import run_validation
 
 __all__ = ["FitResult", "GenericTrainer"]
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 StepFn = Callable[..., dict[str, Any]]
 FITTED = FitStatus.ALREADY_COMPLETE
-_FETCH, _BATCH, _STEP = Busy.FETCH, Busy.BATCH, Busy.STEP
-_TENSOR = torch.Tensor
 
 
 class GenericTrainer:
@@ -223,153 +222,13 @@ class GenericTrainer:
                 return False
             if self.state.micro_step >= accumulate:
                 # interrupted between the window's last backward and its optimizer step
-                self._optimizer_step()
+                optimizer_step(self)
                 continue
-            if self._run_batches(run):
+            if run_batches(self, run):
                 return True
             if self.state.micro_step > 0:  # a partial window closes with the epoch
-                self._optimizer_step()
+                optimizer_step(self)
             close_epoch(self._loop)
-
-    def _run_batches(self, run: Run) -> bool:
-        """The rest of the current epoch's batches; True when stopped by a preemption.
-
-        The per-batch path is written for its cost (it is the loop's overhead over a hand-written
-        one): what a run cannot need is decided once in :func:`~trainer.steps.plan_actions`, and
-        the calls it can skip are guarded by a flag read."""
-        loop, state, epoch = self._loop, self.state, self.state.epoch
-        if loop.epoch_iter is None or loop.epoch_iter.epoch != epoch:
-            loop.epoch_iter = run.manager.create_epoch_iterator("train", epoch)
-        iterator = loop.epoch_iter
-        if self.world_size > 1 and not loop.schedule_checked:
-            fingerprint = run.manager.fingerprint("train")
-            check_same_schedule(
-                iterator.schedule, fingerprint, epoch=epoch, group=self.process_group
-            )
-            loop.schedule_checked = True
-        accumulate = self.config.performance.gradient_accumulation_steps
-        show = self.config.progress_bar and self.rank == 0
-        length = len(iterator)
-        preemption, interrupt = run.preemption, run.interrupt
-        with EpochProgress(length, iterator, epoch, enabled=show) as bar:
-            while True:
-                loop.busy = _FETCH
-                item = next(iterator, None)
-                loop.busy = None
-                if item is None:
-                    if self.rank == 0:
-                        bar.summarize(state, self.latest_metrics())
-                    return False
-                if (
-                    not loop.ddp
-                    or state.micro_step + 1 >= accumulate
-                    or iterator.position >= length
-                ):
-                    outputs = self._train_batch(item, True)
-                else:  # a micro-step that does not close its window: no all-reduce
-                    with self.model.no_sync():  # type: ignore[operator]  # a DDP model
-                        outputs = self._train_batch(item, False)
-                if loop.batch_callbacks:
-                    self._batch_end(outputs, item)
-                if show:
-                    bar.batch()
-                if state.micro_step >= accumulate:
-                    losses = self._optimizer_step()
-                    if show:
-                        bar.step(losses, self.optimizers[0], state.global_step)
-                    if loop.pending and drain(self, loop.pending, preemption, run.max_epochs):
-                        return True
-                    if loop.checks_flag and preemption.requested:
-                        return act(self, Action.CHECK_PREEMPTION, preemption, run.max_epochs)
-                if interrupt.requested:
-                    interrupt.raise_if_requested()
-
-    def _train_batch(self, item: tuple[int, str, Any], synced: bool) -> dict[str, Any]:
-        """Forward and backward of one ``(loader index, loader name, batch)`` item; its gradients
-        accumulate into the window (``synced``: all-reduced by this backward, under DDP)."""
-        loader_idx, name, batch = item
-        loop, state = self._loop, self.state
-        loop.busy = _BATCH
-        batch_idx = state.batch_in_epoch
-        if self._moves:
-            batch = move_to_device(batch, self.device)
-        step_fn: StepFn = self._training_step  # type: ignore[assignment]
-        plain = loop.plain_precision
-        if plain:
-            outputs = step_fn(self, batch, batch_idx, loader_idx, name)
-        else:
-            outputs = self.precision.forward(step_fn, self, batch, batch_idx, loader_idx, name)
-        loss = outputs.get("loss") if type(outputs) is dict else None
-        if type(loss) is not _TENSOR:
-            loss = loss_of(outputs)  # a subclass, or a clear error
-        scale = loop.scales[loader_idx]
-        if scale != 0.0:
-            if not loss.requires_grad:
-                require_grad(loss, name, batch_idx)
-            if plain and scale == 1.0:
-                loss.backward()
-            else:
-                self.precision.backward(loss if scale == 1.0 else loss * scale)
-            loop.window.update(loop.owners[loader_idx])
-            loop.unsynced = not synced
-        loop.window_losses.append((loss.detach(), name, batch_idx))
-        if len(outputs) > 1:
-            extras = scalar_outputs(outputs)
-            if extras is not None:
-                loop.window_extras.append(extras)
-        state.batch_in_epoch = batch_idx + 1
-        state.micro_step += 1
-        loop.busy = None
-        return outputs
-
-    def _batch_end(self, outputs: dict[str, Any], item: tuple[int, str, Any]) -> None:
-        """The callbacks' ``on_train_batch_end`` (a callback may change the parameters: a
-        deferred copy first)."""
-        self.checkpoints.wait_snapshot()
-        batch_idx, (loader_idx, name, _) = self.state.batch_in_epoch - 1, item
-        for callback in self._loop.batch_callbacks:  # those with a hook (see steps.plan_actions)
-            callback.on_train_batch_end(self, outputs, batch_idx, loader_idx, name)
-
-    def _optimizer_step(self) -> list[tuple[torch.Tensor, str, int]]:
-        """Close the accumulation window: step the optimizers, queue the step's actions; return
-        the window's ``(loss, loader name, batch index)`` losses."""
-        loop, state = self._loop, self.state
-        loop.busy = _STEP
-        losses = loop.window_losses
-        # one loss (no accumulation), finite: the common case, without a call
-        finite = (len(losses) == 1 and math.isfinite(losses[0][0].item())) or check_losses(
-            losses, self.config.nonfinite_loss, state.epoch, state.global_step + 1
-        )
-        self.checkpoints.wait_snapshot()  # the save in flight has copied what the step changes
-        window = loop.window
-        ids = loop.all_optimizers if len(window) == len(loop.all_optimizers) else sorted(window)
-        self._stepper.step(ids, finite, loop.unsynced)
-        loop.unsynced = False
-        window.clear()
-        state.global_step += 1
-        state.optimizer_steps_in_epoch += 1
-        state.micro_step = 0
-        if not finite:
-            loop.skipped_steps += 1
-            self._log_window(losses, finite)
-        elif state.global_step % loop.log_every == 0:
-            self._log_window(losses, finite)
-        loop.window_losses = []
-        if loop.window_extras:
-            loop.window_extras = []
-        loop.busy = None
-        if loop.step_actions:
-            loop.pending[:0] = loop.step_actions
-        return losses
-
-    def _log_window(self, losses: list[tuple[torch.Tensor, str, int]], finite: bool) -> None:
-        """Log the window's metrics (a log step) and the skipped-step count (a skipped step)."""
-        loop = self._loop
-        metrics = {SKIPPED_STEPS_KEY: float(loop.skipped_steps)} if not finite else {}
-        if self.state.global_step % loop.log_every == 0 and losses:
-            metrics.update(window_means(losses, loop.window_extras))
-        if metrics:
-            self._log(metrics)
 
     def _recover_or_resume(self, resume_from: str | Path | None) -> None:
         """Go back to the last checkpoint when an interruption left memory mid-batch, else resume."""

@@ -36,7 +36,7 @@ import torch
 
 from trainer.config import AmpDtype, PerformanceConfig
 
-__all__ = ["MixedPrecision", "Precision", "is_plain", "make_precision"]
+__all__ = ["MixedPrecision", "Precision", "make_precision"]
 
 logger = logging.getLogger(__name__)
 
