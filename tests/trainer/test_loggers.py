@@ -96,18 +96,24 @@ def test_a_preempted_and_resumed_run_writes_the_same_csv(tmp_path, signal_at) ->
     assert (tmp_path / "run" / "metrics.csv").read_text() == expected
 
 
-def test_rows_logged_after_the_resumed_checkpoint_are_dropped(tmp_path) -> None:
+def crashed_and_resumed(tmp_path: Path, newest: int) -> Path:
+    """An uninterrupted run in ``ref``; in ``run``, a 20-step run that crashed after step 20
+    with step ``newest``'s checkpoint as its newest, then resumed to the end."""
     acc_trainer(tmp_path / "ref").fit(*data(), max_epochs=2)
     run = tmp_path / "run"
     acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3)).fit(
         *data(), max_epochs=2
     )
-    # as if the run crashed after step 20 with step 18's checkpoint as its newest
     for path in run.glob("*.ckpt"):
-        if path.name == "latest.ckpt" or int(path.stem.split("step=")[1]) > 18:
+        if path.name == "latest.ckpt" or int(path.stem.split("step=")[1]) > newest:
             path.unlink()
     resumed = acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3))
     resumed.fit(*data(), max_epochs=2)
+    return run
+
+
+def test_rows_logged_after_the_resumed_checkpoint_are_dropped(tmp_path) -> None:
+    run = crashed_and_resumed(tmp_path, newest=18)
     assert (run / "metrics.csv").read_text() == (tmp_path / "ref" / "metrics.csv").read_text()
 
 
@@ -194,17 +200,7 @@ def test_tensorboard_event_files_appear(tmp_path) -> None:
 
 def test_tensorboard_hides_what_a_run_logged_after_the_resumed_checkpoint(tmp_path) -> None:
     pytest.importorskip("tensorboard", reason="tensorboard is an optional test dependency")
-    acc_trainer(tmp_path / "ref").fit(*data(), max_epochs=2)
-    run = tmp_path / "run"
-    acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3)).fit(
-        *data(), max_epochs=2
-    )
-    # as if the run crashed after step 20 with step 15's checkpoint as its newest
-    for path in run.glob("*.ckpt"):
-        if path.name == "latest.ckpt" or int(path.stem.split("step=")[1]) > 15:
-            path.unlink()
-    resumed = acc_trainer(run, checkpoint=CheckpointConfig(root_dir=run, save_every_n_steps=3))
-    resumed.fit(*data(), max_epochs=2)
+    run = crashed_and_resumed(tmp_path, newest=15)
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2
     expected = tensorboard_scalars(tmp_path / "ref" / "tensorboard")
     assert tensorboard_scalars(run / "tensorboard") == expected  # steps 16-20 once, as in ref
