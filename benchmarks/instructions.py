@@ -1,6 +1,6 @@
 """Instructions per step under valgrind: the loop-overhead ratios without the machine's timing noise.
 
-``python -m benchmarks.instructions [--jobs N]`` (needs ``valgrind``; about 8 minutes on 2 cores).
+``python -m benchmarks.instructions [--jobs N]`` (needs ``valgrind``; about 6 minutes on 2 cores).
 
 On a shared machine a step's time swings by 20-50% from one second to the next, more than the few
 percent the trainer and loader targets are about. The instructions a step executes do not swing: each
