@@ -143,8 +143,7 @@ def optimizer_step(trainer: Any) -> list[tuple[torch.Tensor, str, int]]:
     state.micro_step = 0
     if not finite:
         loop.skipped_steps += 1
-        _log_window(trainer, losses, finite)
-    elif state.global_step % loop.log_every == 0:
+    if not finite or state.global_step % loop.log_every == 0:
         _log_window(trainer, losses, finite)
     loop.window_losses = []
     if loop.window_extras:

@@ -44,7 +44,6 @@ class EpochProgress:
     position); samples are read from the iterator's counts when shown, not counted per batch."""
 
     def __init__(self, total: int, epoch_iter: Any, epoch: int, *, enabled: bool) -> None:
-        self.enabled = enabled
         # none when off: even a disabled tqdm starts tqdm's monitor thread, which wakes every 10 s
         self.bar = (
             tqdm(total=total, initial=epoch_iter.position, desc=f"epoch {epoch}", leave=True)
