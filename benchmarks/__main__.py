@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.harness import Settings, load_average, machine_info
+from benchmarks.harness import Settings, load_average, machine_info, thaw
 from benchmarks.report import headline_table, write_report
 from benchmarks.results import BenchmarkResult
 
@@ -67,7 +67,10 @@ def _run_one(name: str, settings: Settings) -> BenchmarkResult:
         module = importlib.import_module(BENCHMARKS[name])
         gc.collect()
         gc.freeze()  # long-lived objects leave the collector: a collection before each run is cheap
-        result = module.run(settings)
+        try:
+            result = module.run(settings)
+        finally:
+            thaw()  # what the benchmark froze (its clock() calls) goes back to the collector
     except Exception as exc:
         traceback.print_exc()
         result = BenchmarkResult(
@@ -97,11 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.names or list(BENCHMARKS):
         results.append(_run_one(name, settings))
         logger.info("%s: %s in %.0f s", name, results[-1].status, results[-1].seconds)
-        write_report(
-            settings.out_dir, results, machine, settings
-        )  # partial results survive a crash
+        # partial results survive a crash; each result's figures are drawn once, here
+        write_report(settings.out_dir, results, machine, settings, draw=results[-1:])
     machine["load_average_at_end"] = load_average()
-    write_report(settings.out_dir, results, machine, settings)
+    write_report(settings.out_dir, results, machine, settings, draw=[])
     print("\n".join(headline_table(results)))
     print(f"\nwritten to {settings.out_dir}/ (results.json, results.md, *.png)")
     return 1 if any(r.status.startswith("failed") for r in results) else 0

@@ -44,7 +44,8 @@ LOAD_REPEATS = 15
 def section_rows(
     section: str, size: int, stats: dict[str, Stat], baseline: str
 ) -> list[dict[str, Any]]:
-    """One row per variant of a section: median, quartiles, ratio to ``baseline``, bytes/s."""
+    """One row per variant of a section: median, quartiles, ratio to ``baseline``, bytes/s, and
+    the median of the per-pair ratios where the section ran ``baseline`` beside each variant."""
     base = stats[baseline].median
     return [
         {
@@ -55,6 +56,7 @@ def section_rows(
             "q1_s": stat.q1,
             "q3_s": stat.q3,
             "ratio": ratio(stat.median, base),
+            "paired": 1.0 if name == baseline and stat.ratios else stat.paired_ratio,
             "rate": size / stat.median if stat.median else float("inf"),
         }
         for name, stat in stats.items()
@@ -102,9 +104,11 @@ def _read_pass(path: Path) -> float:
 
 
 def _collected(variant: Variant) -> float:
-    """``variant()`` after an untimed ``gc.collect()``: no load pays for a collection of the
-    objects the one before it unpickled."""
+    """``variant()`` after an untimed ``gc.collect()`` and ``gc.freeze()``, as
+    :func:`benchmarks.harness.clock` does: no load pays for a collection of the objects the one
+    before it unpickled, and the collection walks only those."""
     gc.collect()
+    gc.freeze()
     return variant()
 
 

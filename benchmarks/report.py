@@ -219,15 +219,22 @@ def _earlier(out_dir: Path, fresh: Sequence[BenchmarkResult]) -> list[BenchmarkR
 
 
 def write_report(
-    out_dir: Path, results: Sequence[BenchmarkResult], machine: dict[str, Any], settings: Any
+    out_dir: Path,
+    results: Sequence[BenchmarkResult],
+    machine: dict[str, Any],
+    settings: Any,
+    *,
+    draw: Sequence[BenchmarkResult] | None = None,
 ) -> dict[str, Any]:
-    """Write results.json, results.md and the figures of ``results`` into ``out_dir``; return the
-    JSON payload. Results of other benchmarks already in ``results.json`` are kept (merged by
-    name), so running one benchmark updates only its own section."""
+    """Write results.json, results.md and the figures of ``draw`` (default: every result) into
+    ``out_dir``; return the JSON payload. Results of other benchmarks already in ``results.json``
+    are kept (merged by name), so running one benchmark updates only its own section. A run that
+    writes its report after each benchmark draws each one's figures once (``draw=[newest]``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     this_run = {k: machine.get(k) for k in ("started_at", "quick", "argv")}
     for result in results:
         result.run = this_run
+    for result in results if draw is None else draw:
         for figure in result.figures:
             write_figure(out_dir, figure)
     merged = _earlier(out_dir, results)

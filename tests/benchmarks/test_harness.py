@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import gc
 import statistics
+import weakref
 
 import pytest
 
-from benchmarks.harness import Stat, clock, interleave
+from benchmarks.harness import Stat, clock, interleave, thaw
 
 
 def _drifting(factors: dict[str, float], speeds: list[float], per_round: int):
@@ -65,10 +66,22 @@ def test_stat_paired_ratio_is_the_median_of_the_pairs() -> None:
     assert stat.paired_ratio == statistics.median([1.0, 1.5, 0.9]) == 1.0
 
 
-def test_clock_leaves_the_collector_as_it_found_it() -> None:
-    frozen_before, enabled_before = gc.get_freeze_count(), gc.isenabled()
+def test_clock_keeps_the_heap_frozen_until_thaw_frees_what_it_froze() -> None:
+    class Node:
+        pass
+
+    thaw()
+    enabled_before = gc.isenabled()
+    cycle = Node()
+    cycle.self = cycle  # freed only by a collection
+    alive = weakref.ref(cycle)
     seen: list[tuple[int, bool]] = []
     clock(lambda: seen.append((gc.get_freeze_count(), gc.isenabled())))
-    # inside: the surviving heap is frozen and the collector stays on (allocations are paid)
-    assert seen[0][0] > frozen_before and seen[0][1] is True
-    assert gc.get_freeze_count() == frozen_before and gc.isenabled() is enabled_before
+    # inside: the surviving heap (the cycle too) is frozen, and the collector stays on
+    assert seen[0][0] > 0 and seen[0][1] is True
+    del cycle
+    gc.collect()
+    assert alive() is not None  # frozen: the next clock() does not walk it again
+    assert gc.get_freeze_count() > 0
+    thaw()
+    assert alive() is None and gc.get_freeze_count() == 0 and gc.isenabled() is enabled_before
