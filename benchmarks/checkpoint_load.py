@@ -47,6 +47,7 @@ def section_rows(
     """One row per variant of a section: median, quartiles, ratio to ``baseline``, bytes/s, and
     the median of the per-pair ratios where the section ran ``baseline`` beside each variant."""
     base = stats[baseline].median
+    paired = any(stat.ratios for stat in stats.values())  # the baseline ran beside each variant
     return [
         {
             "section": section,
@@ -56,7 +57,7 @@ def section_rows(
             "q1_s": stat.q1,
             "q3_s": stat.q3,
             "ratio": ratio(stat.median, base),
-            "paired": 1.0 if name == baseline and stat.ratios else stat.paired_ratio,
+            "paired": 1.0 if name == baseline and paired else stat.paired_ratio,
             "rate": size / stat.median if stat.median else float("inf"),
         }
         for name, stat in stats.items()
