@@ -49,6 +49,7 @@ from benchmarks.checkpoint_load import (
     load_rows,
     load_table,
     load_variants,
+    section_panel,
     section_rows,
 )
 from benchmarks.checksums import HASHERS, hash_in_threads
@@ -61,7 +62,7 @@ from benchmarks.harness import (
     ratio,
     thaw,
 )
-from benchmarks.results import BenchmarkResult, Column, Figure, Headline, Panel, Series, Table
+from benchmarks.results import BenchmarkResult, Column, Figure, Headline, Table
 from trainer.checkpoints import build_payload, write_checkpoint
 from trainer.resume import ResumeState
 from trainer.rng import capture_rng_states
@@ -327,23 +328,6 @@ def _headlines(rows: list[dict[str, Any]]) -> list[Headline]:
     return out
 
 
-def _panel(rows: list[dict[str, Any]], section: str) -> Panel:
-    chosen = [r for r in rows if r["section"] == section]
-    names = list(dict.fromkeys(r["variant"] for r in chosen))
-    series = [
-        Series(
-            label=f"{size / 1e6:,.0f} MB",
-            x=range(len(names)),
-            y=[
-                next(r["ratio"] for r in chosen if r["size"] == size and r["variant"] == n)
-                for n in names
-            ],
-        )
-        for size in sorted({r["size"] for r in chosen})
-    ]
-    return Panel(title=section, series=series, ylabel="/ first variant", categories=names)
-
-
 NOTES = [
     "ratio column: / the first variant of the section (hash: / crc32); rate: payload bytes per "
     "second (M/s = MB/s)",
@@ -398,7 +382,7 @@ def run(settings: Settings) -> BenchmarkResult:
             Figure(
                 filename="checkpoint.png",
                 title="Checkpoint paths: time / the first variant of each section",
-                panels=[_panel(rows, s) for s in sections],
+                panels=[section_panel(rows, s) for s in sections],
             )
         ],
         notes=NOTES,

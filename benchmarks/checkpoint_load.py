@@ -14,7 +14,7 @@ import numpy as np
 
 from benchmarks import checkpoint_peers as peers
 from benchmarks.harness import Stat, interleave, load_average, ratio
-from benchmarks.results import Column, Table
+from benchmarks.results import Column, Panel, Series, Table
 
 __all__ = [
     "CRC_PASS",
@@ -26,6 +26,7 @@ __all__ = [
     "load_rows",
     "load_table",
     "load_variants",
+    "section_panel",
     "section_rows",
 ]
 
@@ -125,3 +126,21 @@ def load_table(rows: list[dict[str, Any]]) -> Table:
         ],
         rows=[r for r in rows if r["section"] == "load"],
     )
+
+
+def section_panel(rows: list[dict[str, Any]], section: str) -> Panel:
+    """One panel of the figure: each variant of ``section`` / its first variant, per size."""
+    chosen = [r for r in rows if r["section"] == section]
+    names = list(dict.fromkeys(r["variant"] for r in chosen))
+    series = [
+        Series(
+            label=f"{size / 1e6:,.0f} MB",
+            x=range(len(names)),
+            y=[
+                next(r["ratio"] for r in chosen if r["size"] == size and r["variant"] == n)
+                for n in names
+            ],
+        )
+        for size in sorted({r["size"] for r in chosen})
+    ]
+    return Panel(title=section, series=series, ylabel="/ first variant", categories=names)
