@@ -137,6 +137,17 @@ class DataLoaderManager:
             for cursor in group.cursors:
                 cursor.drop_pass()
 
+    def __enter__(self) -> DataLoaderManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Leaving a ``with DataLoaderManager(...) as manager:`` block calls :meth:`close`.
+
+        A loader's pass continues across epochs, so its workers outlive ``Trainer.fit`` in Lightning,
+        which stops the workers of the DataLoaders it is given but not those behind ``as_loader()``.
+        """
+        self.close()
+
     def release_workers(self) -> None:
         """Stop every worker process but keep every position: a live pass resumes where it stood
         at its next draw (from the loader's state, so a skip-based loader replays its skip)."""

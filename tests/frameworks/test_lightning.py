@@ -7,6 +7,7 @@ import functools
 import logging
 import tempfile
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -87,13 +88,17 @@ def _fit(kind: str, num_workers: int, root, callbacks=(), ckpt_path=None) -> lis
         enable_checkpointing=checkpointing,
         callbacks=list(callbacks),
     )
+    manager: Any = contextlib.nullcontext()
     if kind == "datamodule":
         data = {"datamodule": Data(num_workers)}
     elif kind == "manager":
-        data = {"train_dataloaders": DataLoaderManager([_loader(num_workers)]).as_loader()}
+        manager = DataLoaderManager([_loader(num_workers)])
+        data = {"train_dataloaders": manager.as_loader()}
     else:
         data = {"train_dataloaders": _loader(num_workers)}
-    with warnings.catch_warnings():
+    # Lightning stops the workers of the DataLoaders it is given; those behind a manager's pass
+    # stop when the manager's with block ends.
+    with manager, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with contextlib.suppress(Stop):
             trainer.fit(model, ckpt_path=ckpt_path, **data)

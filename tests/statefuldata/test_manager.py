@@ -316,3 +316,26 @@ def test_load_state_supersedes_live_epoch_iterator() -> None:
     manager.load_state_dict(manager.state_dict())
     with pytest.raises(RuntimeError, match="superseded by load_state_dict"):
         next(it)
+
+
+def _workers() -> set[int]:
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+def test_leaving_the_with_block_stops_the_workers_of_a_pass_left_mid_epoch() -> None:
+    before = _workers()
+    with DataLoaderManager(
+        [make_loader(Ids(40), batch_size=4, shuffle=True, seed=0, num_workers=2)]
+    ) as manager:
+        _, _, batch = next(iter(manager.create_epoch_iterator("train", 0)))
+        first = batch.tolist()
+        assert len(_workers() - before) == 2  # the pass's workers are alive mid-epoch
+    assert _workers() - before == set()
+    assert len(first) == 4
+    # The manager stays usable: the next epoch starts a fresh pass (with new workers).
+    again = [b.tolist() for _, _, b in manager.create_epoch_iterator("train", 1)]
+    assert sorted(i for b in again for i in b) == list(range(40))
+    manager.close()
+    assert _workers() - before == set()
