@@ -12,6 +12,10 @@ function, ...), so our sampler and dataset view travel into accelerate's ``DataL
   and on ``load_state`` puts our sampler back at that position (O(1), no batch is loaded twice). It
   also keeps accelerate's epoch counter, our sampler and the workers' epoch in step, so it serves the
   stateful configuration as well.
+* Under several processes, build the loader with ``make_loader(..., rank=0, world_size=1)``
+  (accelerate shards the batches) and use :class:`ResumableLoader` in either configuration:
+  accelerate's batch sampler shard has no state, so a stateful state saved at the last batch of an
+  epoch would make torchdata replay it on a throwaway pass and resume one epoch too far.
 
 Example::
 
@@ -36,6 +40,7 @@ from typing import Any, ClassVar
 
 from statefuldata.errors import IncompatibleStateError
 from statefuldata.samplers import PositionSampler
+from statefuldata.torchdata_state import KEY_ITERATOR_FINISHED
 from statefuldata.validators import check_epoch
 from statefuldata.views import EpochView
 
@@ -72,6 +77,20 @@ def _check_sharded_once(loader: Any) -> None:
             "process would see 1/world_size^2 of the data; build the loader with "
             "make_loader(..., rank=0, world_size=1) when accelerate prepares it"
         )
+
+
+def _start_fresh(loader: Any) -> None:
+    """Drop a stateful loader's pending state taken at the end of its pass: the resumed pass is
+    then a new one, of the epoch ``set_epoch`` gives.
+
+    Under several processes accelerate's batch sampler shard has no state, so torchdata restores
+    such a state by replaying the batch count on a throwaway pass (which starts our sampler's epoch,
+    with its workers' prefetch) before it begins the next pass: one epoch too far.
+    """
+    base = getattr(loader, "base_dataloader", loader)
+    pending = getattr(base, "next_iter_state", None)
+    if isinstance(pending, dict) and pending.get(KEY_ITERATOR_FINISHED):
+        base.next_iter_state = None
 
 
 class ResumableLoader:
@@ -117,6 +136,8 @@ class ResumableLoader:
     def __iter__(self) -> Iterator[Any]:
         epoch = self.next_epoch
         resume, self._resume, self._requested = self._resume, None, None
+        if resume is not None and resume[1] == 0:
+            _start_fresh(self.loader)
         self._epoch, self._batches = epoch, 0 if resume is None else resume[1]
         self.loader.set_epoch(epoch)  # accelerate's counter and our sampler's next pass
         worker_init_fn: Any = getattr(self.loader, "worker_init_fn", None)

@@ -1,10 +1,16 @@
-"""Through accelerate's Accelerator.prepare: every epoch sees each sample once; save/load_state exact."""
+"""Through accelerate's Accelerator.prepare: every epoch sees each sample once; save/load_state exact,
+on one process and on two (torchrun, gloo), where the resumes run in fresh processes."""
 
 from __future__ import annotations
 
 import functools
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +24,9 @@ from accelerate.utils import DataLoaderConfiguration  # noqa: E402
 from statefuldata import IncompatibleStateError, make_loader  # noqa: E402
 from statefuldata.integrations.accelerate import ResumableLoader  # noqa: E402
 from tests.data import CountingStream, Ids  # noqa: E402
+from tests.frameworks import accelerate_run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLES, BATCH, EPOCHS = 24, 4, 2
 STEPS = SAMPLES // BATCH  # per epoch
@@ -133,3 +142,85 @@ def test_a_loader_sharded_by_rank_and_by_accelerate_is_refused() -> None:
     loader = ResumableLoader(shard)  # sharded by accelerate only: accepted, half the samples
     ids = [i for batch in loader for i in batch.tolist()]
     assert len(ids) == len(set(ids)) == 8
+
+
+def _launch(root: Path, phase: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={accelerate_run.PROCESSES}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "-m",
+            "tests.frameworks.accelerate_run",
+            str(root),
+            phase,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+def _ranks(folder: Path) -> list[dict]:
+    return [
+        torch.load(folder / f"rank{r}.pt", weights_only=True)
+        for r in range(accelerate_run.PROCESSES)
+    ]
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory) -> Path:
+    """Every run of accelerate_run on two processes: the first parts, then the resumes in fresh
+    processes (a second torchrun launch)."""
+    root = tmp_path_factory.mktemp("accelerate-processes")
+    _launch(root, "first")
+    _launch(root, "resumed")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(accelerate_run.MODES))
+def test_two_processes_deal_each_epoch_out_once(processes, mode) -> None:
+    ranks = _ranks(processes / mode / "reference")
+    steps = accelerate_run.STEPS
+    for epoch in range(accelerate_run.EPOCHS):
+        per_rank = [
+            [i for batch in r["seen"][epoch * steps : (epoch + 1) * steps] for i in batch]
+            for r in ranks
+        ]
+        dealt = sorted(i for ids in per_rank for i in ids)
+        assert dealt == list(range(accelerate_run.SAMPLES))  # disjoint, and every sample
+    assert ranks[0]["seen"][:steps] != ranks[0]["seen"][steps:]  # a new order each epoch
+    for mine, theirs in zip(ranks[0]["parameters"], ranks[1]["parameters"], strict=True):
+        assert torch.equal(mine, theirs)  # gradients were averaged over the two processes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "stop"),
+    [(mode, stop) for mode in sorted(accelerate_run.MODES) for stop in accelerate_run.STOPS[mode]],
+)
+def test_two_processes_resumed_in_fresh_processes_equal_the_uninterrupted_run(
+    processes, mode, stop
+) -> None:
+    reference = _ranks(processes / mode / "reference")
+    first = _ranks(processes / mode / f"stop{stop}" / "first")
+    resumed = _ranks(processes / mode / f"stop{stop}" / "resumed")
+    total = accelerate_run.EPOCHS * accelerate_run.STEPS
+    for rank in range(accelerate_run.PROCESSES):
+        assert len(first[rank]["seen"]) == stop
+        assert len(resumed[rank]["seen"]) == total - stop
+        assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
+        for got, expected in zip(
+            resumed[rank]["parameters"], reference[rank]["parameters"], strict=True
+        ):
+            assert torch.equal(got, expected)
