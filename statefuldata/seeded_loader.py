@@ -7,7 +7,7 @@ import warnings
 from typing import Any
 
 import attrs
-from torch.utils.data import IterableDataset
+from torch.utils.data import DistributedSampler, IterableDataset
 from torchdata.stateful_dataloader import Stateful, StatefulDataLoader
 
 from statefuldata.samplers import PositionSampler, advance_state
@@ -39,6 +39,43 @@ class _RetiredIterator:
 _RETIRED_CLASSES: dict[type, type] = {}
 
 
+def _wrapped_position_sampler(sampler: Any) -> PositionSampler | None:
+    """Our sampler inside a framework's ``DistributedSampler`` wrapper (Lightning's
+    ``DistributedSamplerWrapper`` keeps it as ``sampler.dataset._sampler``), if any."""
+    if not isinstance(sampler, DistributedSampler):
+        return None
+    inner = getattr(getattr(sampler, "dataset", None), "_sampler", None)
+    return inner if isinstance(inner, PositionSampler) else None
+
+
+def _unwrap_distributed_sampler(loader: Any) -> None:
+    """Shard our own sampler where a framework wrapped it in a ``DistributedSampler``.
+
+    Lightning's DDP rebuilds a train loader whose sampler is not a ``DistributedSampler`` around a
+    ``DistributedSamplerWrapper`` of it (``use_distributed_sampler=True``, the default). Over our
+    sampler that would shard a second time (when it already shards by the process group) and lose
+    the O(1) state. Our sampler shards itself instead, over the wrapper's rank and world size.
+    """
+    batch_sampler: Any = getattr(loader, "batch_sampler", None)
+    wrapper: Any = getattr(batch_sampler, "sampler", None)
+    ours = _wrapped_position_sampler(wrapper)
+    if ours is None:
+        return
+    sharded = attrs.evolve(ours, rank=wrapper.rank, world_size=wrapper.num_replicas)
+    batch_sampler.sampler = sharded
+    # DataLoader refuses to set ``sampler`` after __init__; the batch sampler above is what it
+    # iterates, and set_epoch and the epoch of a pass read this attribute.
+    object.__setattr__(loader, "sampler", sharded)
+    logger.info(
+        "%s: the DistributedSampler wrapped around statefuldata's %s was replaced by the sampler "
+        "itself, sharded over rank %d of %d (it shards and keeps its position by itself)",
+        type(loader).__name__,
+        type(ours).__name__,
+        wrapper.rank,
+        wrapper.num_replicas,
+    )
+
+
 class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
     """A ``StatefulDataLoader`` that knows the epoch of each pass and tells its workers.
 
@@ -62,6 +99,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        _unwrap_distributed_sampler(self)
         start_passes_at_iter(self)  # torchdata < 0.11: a pass starts at iter(), as from 0.11 on
         batch_with_islice(self)  # torchdata 0.11: a batch in one islice, not index by index
         if "snapshot_every_n_steps" not in kwargs and self.snapshots_free:

@@ -5,6 +5,12 @@ loop's ``combined_loader`` entry) and loads it back before the first ``iter()``,
 :func:`statefuldata.make_loader`, ``DataLoaderManager.as_loader()`` and loaders returned by a
 ``LightningDataModule`` resume a mid-epoch checkpoint exactly with no adapter.
 
+Under DDP Lightning rebuilds a train loader around a ``DistributedSamplerWrapper`` of its sampler
+(``use_distributed_sampler=True``, the default). Our loaders unwrap it and shard their own sampler
+over the wrapper's rank and world size instead, so an epoch is dealt out once and the state stays
+O(1). Lightning writes rank 0's loader state, and every rank resumes from it: a sampler's position
+is global.
+
 One case needs :class:`ExactResume`: a checkpoint written at the last batch of an epoch (an
 ``every_n_train_steps`` that divides the epoch, or the default end-of-epoch checkpoint). Lightning
 then resumes into the next epoch without calling ``iter()`` again, so it would draw from the resumed,

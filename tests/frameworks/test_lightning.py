@@ -1,12 +1,18 @@
-"""Inside Lightning 2.x Trainer.fit: every epoch sees each sample once; checkpointed resumes are exact."""
+"""Inside Lightning 2.x Trainer.fit: every epoch sees each sample once; checkpointed resumes are exact,
+on one process and under DDP on two (torchrun, gloo, Lightning's defaults), resumed in fresh ones."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +27,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from statefuldata import DataLoaderManager, make_loader  # noqa: E402
 from statefuldata.integrations.lightning import ExactResume  # noqa: E402
 from tests.data import Ids  # noqa: E402
+from tests.frameworks import lightning_ddp_run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLES, BATCH, EPOCHS = 24, 4, 2
 STEPS = SAMPLES // BATCH  # per epoch
@@ -159,3 +168,106 @@ def test_epoch_end_checkpoint_without_exact_resume(kind, tmp_path) -> None:
         assert len(resumed) == STEPS  # the sampler follows Lightning's set_epoch(1) (no workers)
     else:
         assert resumed == []
+
+
+def test_lightning_s_distributed_sampler_is_replaced_by_ours_sharded_the_same_way() -> None:
+    # What Lightning's DDP does to a train loader whose sampler is not a DistributedSampler
+    # (use_distributed_sampler=True, the default): rebuild it around a DistributedSamplerWrapper.
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    with _replace_dunder_methods(torch.utils.data.DataLoader, "dataset"):
+        loader = make_loader(Ids(SAMPLES), batch_size=BATCH, shuffle=True, seed=3)
+    order = [i for batch in loader for i in batch.tolist()]
+    for rank in range(2):
+        wrapper = DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=rank, seed=0)
+        rebuilt = _update_dataloader(loader, wrapper)
+        assert (rebuilt.sampler.rank, rebuilt.sampler.world_size) == (rank, 2)
+        ids = [i for batch in rebuilt for i in batch.tolist()]
+        assert ids == order[rank::2]  # our strided shard of the same global order
+        again = _update_dataloader(loader, wrapper)
+        it = iter(again)
+        next(it)
+        state = again.state_dict()
+        resumed = _update_dataloader(loader, wrapper)
+        resumed.load_state_dict(state)
+        assert [i for batch in resumed for i in batch.tolist()] == ids[BATCH:]
+
+
+def _launch_ddp(root, phase: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={lightning_ddp_run.PROCESSES}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "-m",
+            "tests.frameworks.lightning_ddp_run",
+            str(root),
+            phase,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+def _ranks(folder: Path) -> list[dict]:
+    return [
+        torch.load(folder / f"rank{r}.pt", weights_only=True)
+        for r in range(lightning_ddp_run.PROCESSES)
+    ]
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory) -> Path:
+    """Every fit of lightning_ddp_run on two processes (strategy="ddp", Lightning's defaults): the
+    first parts, then the resumes in fresh processes (a second torchrun launch)."""
+    root = tmp_path_factory.mktemp("lightning-ddp")
+    _launch_ddp(root, "first")
+    _launch_ddp(root, "resumed")
+    return root
+
+
+@pytest.mark.slow
+def test_ddp_deals_each_epoch_out_once(ddp) -> None:
+    ranks = _ranks(ddp / "reference")
+    steps = lightning_ddp_run.STEPS
+    assert [len(r["seen"]) for r in ranks] == [lightning_ddp_run.EPOCHS * steps] * 2
+    for epoch in range(lightning_ddp_run.EPOCHS):
+        dealt = sorted(
+            i
+            for r in ranks
+            for batch in r["seen"][epoch * steps : (epoch + 1) * steps]
+            for i in batch
+        )
+        assert dealt == list(range(lightning_ddp_run.SAMPLES))  # sharded once, not twice
+    assert ranks[0]["seen"][:steps] != ranks[0]["seen"][steps:]
+    for mine, theirs in zip(ranks[0]["parameters"], ranks[1]["parameters"], strict=True):
+        assert torch.equal(mine, theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", lightning_ddp_run.STOPS)
+def test_ddp_resumed_in_fresh_processes_equals_the_uninterrupted_run(ddp, stop) -> None:
+    reference = _ranks(ddp / "reference")
+    first = _ranks(ddp / f"stop{stop}" / "first")
+    resumed = _ranks(ddp / f"stop{stop}" / "resumed")
+    total = lightning_ddp_run.EPOCHS * lightning_ddp_run.STEPS
+    for rank in range(lightning_ddp_run.PROCESSES):
+        assert len(first[rank]["seen"]) == stop
+        assert len(resumed[rank]["seen"]) == total - stop
+        assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
+        for got, expected in zip(
+            resumed[rank]["parameters"], reference[rank]["parameters"], strict=True
+        ):
+            assert torch.equal(got, expected)
