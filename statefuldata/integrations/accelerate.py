@@ -16,6 +16,9 @@ function, ...), so our sampler and dataset view travel into accelerate's ``DataL
   (accelerate shards the batches) and use :class:`ResumableLoader` in either configuration:
   accelerate's batch sampler shard has no state, so a stateful state saved at the last batch of an
   epoch would make torchdata replay it on a throwaway pass and resume one epoch too far.
+  Where an epoch does not split evenly, accelerate (``even_batches=True``) fills its short tail with
+  the pass's first batches; a pass restored mid-epoch hands them to accelerate again first (one
+  batch per process is loaded and dropped), so the tail is the uninterrupted one.
 
 Example::
 
@@ -77,6 +80,69 @@ def _check_sharded_once(loader: Any) -> None:
             "process would see 1/world_size^2 of the data; build the loader with "
             "make_loader(..., rank=0, world_size=1) when accelerate prepares it"
         )
+
+
+def _shard_of(loader: Any) -> Any:
+    """accelerate's ``BatchSamplerShard`` inside a prepared loader, if any."""
+    node = getattr(loader, "batch_sampler", None)
+    for _ in range(4):
+        if node is None or hasattr(node, "even_batches"):
+            return node
+        node = getattr(node, "batch_sampler", None)
+    return None
+
+
+class _HeadFirst:
+    """One pass of a batch sampler that first hands out the epoch's head batches again.
+
+    accelerate's ``BatchSamplerShard`` (``even_batches=True``, the default) fills the short tail of
+    an epoch with the first batches of the pass. A pass restored mid-epoch in O(1) would fill it
+    with the batches it resumed at; given the head first, the shard fills it as the uninterrupted
+    pass did. Each process is handed one head batch (its slice of one, with ``split_batches``),
+    which :class:`ResumableLoader` drops. After the pass the shard iterates its own batch sampler.
+    """
+
+    def __init__(self, shard: Any, head: list[list[int]]) -> None:
+        self.shard, self.head, self.inner = shard, head, shard.batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or "inner" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.shard.batch_sampler = self.inner  # this pass only
+        yield from self.head
+        yield from self.inner
+
+
+def _give_head_first(loader: Any, sampler: PositionSampler, position: int) -> bool:
+    """Give the shard the epoch's head when accelerate will wrap around to it; whether it did."""
+    shard = _shard_of(loader)
+    processes = int(getattr(shard, "num_processes", 1) or 1)
+    batch_size = getattr(shard, "batch_size", None)
+    if (
+        shard is None
+        or processes == 1
+        or not shard.even_batches
+        or shard.drop_last
+        or not batch_size
+        or sampler.world_size != 1
+    ):
+        return False
+    count = 1 if shard.split_batches else processes  # the batches accelerate wraps around to
+    size = count * batch_size
+    if not 0 < position < sampler.num_samples or sampler.num_samples % size == 0:
+        return False  # a pass from its start, or an epoch with no short tail
+    if sampler.num_samples < size:
+        return False  # fewer samples than one round of batches: the tail is the epoch itself
+    indices = sampler.indices_at(0, size)
+    head = [indices[i : i + batch_size] for i in range(0, size, batch_size)]
+    shard.batch_sampler = _HeadFirst(shard, head)
+    return True
 
 
 def _start_fresh(loader: Any) -> None:
@@ -146,10 +212,18 @@ class ResumableLoader:
         dataset = getattr(self.loader, "dataset", None)
         if isinstance(dataset, EpochView):
             dataset.begin_pass(epoch)
-        return self._count(iter(self.loader))
+        head = False  # a pass restored mid-epoch through our sampler (the default configuration)
+        if resume is not None and not getattr(self.loader, "use_stateful_dataloader", False):
+            sampler = _our_sampler(self.loader)
+            if sampler is not None:
+                head = _give_head_first(self.loader, sampler, sampler.position)
+        return self._count(iter(self.loader), drop=int(head))
 
-    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
+    def _count(self, batches: Iterator[Any], *, drop: int = 0) -> Iterator[Any]:
         for batch in batches:
+            if drop:  # this process's head batch (see _HeadFirst)
+                drop -= 1
+                continue
             self._batches += 1
             yield batch
 

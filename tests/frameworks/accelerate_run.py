@@ -21,25 +21,41 @@ from statefuldata import make_loader
 from statefuldata.integrations.accelerate import ResumableLoader
 from tests.data import Ids
 
-SAMPLES, BATCH, EPOCHS, WORKERS = 48, 4, 2, 2
+# 50 samples in batches of 4 over 2 processes: 13 batches, the last one short, so accelerate
+# (even_batches=True, its default) fills each epoch's tail with the pass's first samples.
+SAMPLES, BATCH, EPOCHS, WORKERS = 50, 4, 2, 2
 PROCESSES = 2
-STEPS = SAMPLES // BATCH // PROCESSES  # per process and epoch: accelerate deals the batches out
-# mode: (use_stateful_dataloader, ResumableLoader) -> the steps after which a run saves and stops:
-# 2, mid-epoch 0 (its resume crosses the epoch boundary); 6, the last batch of epoch 0; 9, mid-epoch 1.
-# Without the adapter, a state saved at the last batch of an epoch resumes one epoch too far under
-# several processes (ResumableLoader's docstring says why), so that mode is run mid-epoch only.
+STEPS = 7  # per process and epoch: accelerate deals the batches out, the 14th filled from the head
+# mode: (use_stateful_dataloader, ResumableLoader, split_batches) -> the steps after which a run
+# saves and stops: 2, mid-epoch 0 (its resume crosses the epoch boundary); 7, the last batch of
+# epoch 0; 9, mid-epoch 1. Without the adapter, a state saved at the last batch of an epoch resumes
+# one epoch too far under several processes (ResumableLoader's docstring says why), so that mode is
+# run mid-epoch only. With split_batches each process takes half of every batch (13 steps an epoch).
 MODES = {
-    "default+adapter": (False, True),
-    "stateful+adapter": (True, True),
-    "stateful": (True, False),
+    "default+adapter": (False, True, False),
+    "split+adapter": (False, True, True),
+    "stateful+adapter": (True, True, False),
+    "stateful": (True, False, False),
 }
-STOPS = {"default+adapter": (2, 6, 9), "stateful+adapter": (2, 6, 9), "stateful": (2, 9)}
+STOPS = {
+    "default+adapter": (2, 7, 9),
+    "split+adapter": (3, 13, 16),
+    "stateful+adapter": (2, 7, 9),
+    "stateful": (2, 9),
+}
+
+
+def steps_per_epoch(mode: str) -> int:
+    return 13 if MODES[mode][2] else STEPS
 
 
 def train(mode: str, folder: Path, *, stop: int = 0, resume: int | None = None) -> dict:
-    stateful, adapter = MODES[mode]
+    stateful, adapter, split = MODES[mode]
     accelerator = Accelerator(
-        cpu=True, dataloader_config=DataLoaderConfiguration(use_stateful_dataloader=stateful)
+        cpu=True,
+        dataloader_config=DataLoaderConfiguration(
+            use_stateful_dataloader=stateful, split_batches=split
+        ),
     )
     assert accelerator.num_processes == PROCESSES, accelerator.num_processes
     torch.manual_seed(0)
@@ -97,7 +113,7 @@ def main(root: Path, phase: str) -> None:
             if phase == "first":
                 record(run / "first", train(mode, run, stop=stop))
             else:
-                record(run / "resumed", train(mode, run, resume=stop // STEPS))
+                record(run / "resumed", train(mode, run, resume=stop // steps_per_epoch(mode)))
 
 
 if __name__ == "__main__":

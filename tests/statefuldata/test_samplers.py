@@ -493,3 +493,16 @@ def test_a_global_position_that_does_not_divide_warns(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="statefuldata.samplers"):
         SequentialSampler(12, world_size=2).load_state_dict(s.state_dict())
     assert "global position 3 does not divide by world size 2" in caplog.text
+
+
+def test_indices_at_reads_the_epoch_order_without_moving_the_position() -> None:
+    sampler = ShuffledSampler(50, seed=3, rank=1, world_size=2)
+    sampler.set_epoch(2)
+    order = list(sampler)
+    sampler.load_state_dict({**sampler.state_dict(), "epoch": 2, "position": 20})
+    before = sampler.state_dict()
+    assert sampler.indices_at(0, 4) == order[:4]
+    assert sampler.indices_at(23, 99) == order[23:]  # clipped to this rank's samples
+    assert sampler.indices_at(5, 2) == []
+    assert sampler.state_dict() == before
+    assert list(sampler) == order[10:]  # global position 20 is this rank's 10th sample
