@@ -138,13 +138,9 @@ class PositionSampler:
         return self._chunk_start + len(self._chunk) - left
 
     def indices_at(self, start: int, stop: int) -> list[int]:
-        """This rank's indices at positions ``[start, stop)`` of the current epoch's order.
-
-        Reads the order only: the position and the pass in flight are not touched.
-        """
+        """This rank's indices at positions ``[start, stop)`` of the epoch's order; moves nothing."""
         stop = min(int(stop), self.num_samples)
-        start = min(max(int(start), 0), stop)
-        return [int(i) for i in self._indices(start, stop)]
+        return [int(i) for i in self._indices(min(max(int(start), 0), stop), stop)]
 
     def _advances(self) -> bool:
         """Whether the next ``iter()`` starts a new pass (the current one began or has nothing left)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import copy
 import logging
 import warnings
+import weakref
 from typing import Any
 
 import attrs
@@ -37,6 +40,23 @@ class _RetiredIterator:
 
 
 _RETIRED_CLASSES: dict[type, type] = {}
+
+
+class _RememberingIterator:
+    """Records the loader's state before each batch it hands out (see ``remember_states``)."""
+
+    _statefuldata_loader: Any
+
+    def __next__(self) -> Any:
+        loader = self._statefuldata_loader()
+        before = None if loader is None else copy.deepcopy(loader.state_dict())
+        batch = super().__next__()  # type: ignore[misc]
+        if before is not None:
+            loader._states_before.append(before)
+        return batch
+
+
+_REMEMBERING_CLASSES: dict[type, type] = {}
 
 
 def _wrapped_position_sampler(sampler: Any) -> PositionSampler | None:
@@ -107,6 +127,51 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
         self._epoch = -1
         self._restored_epoch: int | None = None
         self._requested: int | None = None
+        self._states_before: collections.deque[dict[str, Any]] = collections.deque(maxlen=0)
+
+    def remember_states(self, batches: int) -> None:
+        """Keep the state from before each of the last ``batches`` batches handed out (0: stop).
+
+        For a consumer that draws ahead of what it trains on (Lightning prefetches one batch of a
+        loader without a length): :meth:`state_dict_before` then gives the state as of the batch
+        it trained on last. Costs a copy of the state per batch while on.
+        """
+        if not isinstance(batches, int) or batches < 0:
+            raise ValueError(f"'batches' must be an int >= 0 (got {batches!r})")
+        self._states_before = collections.deque(self._states_before, maxlen=batches)
+        iterator = self._iterator
+        if batches and iterator is not None and not isinstance(iterator, _RetiredIterator):
+            self._remembering(iterator)
+
+    def state_dict_before(self, batches: int) -> dict[str, Any]:
+        """The state as of ``batches`` batches before the last one handed out (0: the state now).
+
+        Raises:
+            ValueError: Fewer states are kept; call :meth:`remember_states` with at least
+                ``batches`` before the batches are drawn.
+        """
+        if batches == 0:
+            return self.state_dict()
+        kept = self._states_before
+        if not 0 < batches <= len(kept):
+            raise ValueError(
+                f"no state from {batches} batch(es) back: {len(kept)} kept of the current pass "
+                f"(remember_states({kept.maxlen}) was called); call remember_states(n) with "
+                f"n >= {batches} before those batches are drawn"
+            )
+        return copy.deepcopy(kept[-batches])
+
+    def _remembering(self, iterator: Any) -> Any:
+        """Give ``iterator`` the class that records states before each batch, in place."""
+        cls = type(iterator)
+        if not issubclass(cls, _RememberingIterator):
+            if cls not in _REMEMBERING_CLASSES:
+                _REMEMBERING_CLASSES[cls] = type(
+                    f"Remembering{cls.__name__}", (_RememberingIterator, cls), {}
+                )
+            iterator.__class__ = _REMEMBERING_CLASSES[cls]
+        iterator._statefuldata_loader = weakref.ref(self)
+        return iterator
 
     @property
     def epoch(self) -> int:
@@ -201,6 +266,9 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
         iterator: Any = self._iterator
         if iterator._finished:  # restored from a state taken after its pass ended
             iterator = self._next_pass()
+        self._states_before.clear()  # a new pass: no batch of it handed out yet
+        if self._states_before.maxlen:
+            self._remembering(iterator)
         return iterator
 
     def _get_iterator(self) -> Any:

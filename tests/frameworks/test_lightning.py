@@ -50,6 +50,8 @@ class Model(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if isinstance(batch, (tuple, list)):  # a manager phase yields (loader_idx, name, batch)
             batch = batch[2]
+        if isinstance(batch, dict):  # a Hugging Face dataset's rows
+            batch = batch["id"]
         self.seen.append(batch.tolist())
         x = batch.float().unsqueeze(1)
         return torch.nn.functional.mse_loss(self.layer(x), x)
@@ -100,6 +102,11 @@ def _fit(kind: str, num_workers: int, root, callbacks=(), ckpt_path=None) -> lis
     manager: Any = contextlib.nullcontext()
     if kind == "datamodule":
         data = {"datamodule": Data(num_workers)}
+    elif kind == "stream":  # a Hugging Face iterable: no length, so Lightning draws one ahead
+        datasets = pytest.importorskip("datasets", reason="datasets is an optional test dependency")
+        rows = datasets.Dataset.from_dict({"id": list(range(SAMPLES))}).with_format("torch")
+        stream = rows.to_iterable_dataset(num_shards=4)
+        data = {"train_dataloaders": make_loader(stream, batch_size=BATCH, num_workers=num_workers)}
     elif kind == "manager":
         manager = DataLoaderManager([_loader(num_workers)])
         data = {"train_dataloaders": manager.as_loader()}
@@ -126,7 +133,7 @@ def _quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-KINDS = ["loader", "manager", "datamodule"]
+KINDS = ["loader", "manager", "datamodule", "stream"]
 WORKERS = [0, pytest.param(2, marks=pytest.mark.slow)]
 
 
@@ -138,7 +145,8 @@ def test_every_uninterrupted_epoch_sees_each_sample_once(kind, num_workers, tmp_
     for epoch in range(EPOCHS):
         ids = [i for batch in seen[epoch * STEPS : (epoch + 1) * STEPS] for i in batch]
         assert sorted(ids) == list(range(SAMPLES))
-    assert seen[:STEPS] != seen[STEPS:]  # a fresh order each epoch
+    if kind != "stream":  # the stream is not shuffled (its shuffle buffer does not resume)
+        assert seen[:STEPS] != seen[STEPS:]  # a fresh order each epoch
 
 
 # 3: mid-epoch 0 (the resume crosses the epoch boundary); 8: mid-epoch 1; 6: the last batch of
@@ -240,7 +248,7 @@ def ddp(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_ddp_deals_each_epoch_out_once(ddp) -> None:
-    ranks = _ranks(ddp / "reference")
+    ranks = _ranks(ddp / "map" / "reference")
     steps = lightning_ddp_run.STEPS
     assert [len(r["seen"]) for r in ranks] == [lightning_ddp_run.EPOCHS * steps] * 2
     for epoch in range(lightning_ddp_run.EPOCHS):
@@ -257,11 +265,24 @@ def test_ddp_deals_each_epoch_out_once(ddp) -> None:
 
 
 @pytest.mark.slow
+def test_ddp_streams_each_rank_its_own_records(ddp) -> None:
+    ranks = _ranks(ddp / "stream" / "reference")
+    expected = [list(range(24)), [i for i in range(100, 132) if i % 4 != 3]]
+    for rank, records in enumerate(expected):
+        seen = ranks[rank]["seen"]
+        assert len(seen) == lightning_ddp_run.EPOCHS * lightning_ddp_run.STEPS
+        for epoch in range(lightning_ddp_run.EPOCHS):
+            part = seen[epoch * lightning_ddp_run.STEPS : (epoch + 1) * lightning_ddp_run.STEPS]
+            assert sorted(i for batch in part for i in batch) == records
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", lightning_ddp_run.STOPS)
-def test_ddp_resumed_in_fresh_processes_equals_the_uninterrupted_run(ddp, stop) -> None:
-    reference = _ranks(ddp / "reference")
-    first = _ranks(ddp / f"stop{stop}" / "first")
-    resumed = _ranks(ddp / f"stop{stop}" / "resumed")
+@pytest.mark.parametrize("kind", lightning_ddp_run.KINDS)
+def test_ddp_resumed_in_fresh_processes_equals_the_uninterrupted_run(ddp, kind, stop) -> None:
+    reference = _ranks(ddp / kind / "reference")
+    first = _ranks(ddp / kind / f"stop{stop}" / "first")
+    resumed = _ranks(ddp / kind / f"stop{stop}" / "resumed")
     total = lightning_ddp_run.EPOCHS * lightning_ddp_run.STEPS
     for rank in range(lightning_ddp_run.PROCESSES):
         assert len(first[rank]["seen"]) == stop

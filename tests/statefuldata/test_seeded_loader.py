@@ -202,3 +202,27 @@ def test_a_script_ending_with_an_open_iterator_exits(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(eval(done.stdout.strip().splitlines()[-1])) == BATCH
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_state_dict_before_gives_the_state_of_batches_drawn_ahead(num_workers) -> None:
+    from tests.data import CountingStream
+
+    def loader():
+        return make_loader(CountingStream(40), batch_size=4, num_workers=num_workers)
+
+    everything = [b.tolist() for b in loader()]
+    drawing = loader()
+    drawing.remember_states(2)
+    batches = iter(drawing)
+    drawn = [next(batches).tolist() for _ in range(6)]  # a consumer that trained on 4 of them
+    assert drawn == everything[:6]
+    for ahead, trained in ((1, 5), (2, 4)):
+        resumed = loader()
+        resumed.load_state_dict(drawing.state_dict_before(ahead))
+        assert [b.tolist() for b in resumed] == everything[trained:]
+    with pytest.raises(ValueError, match=r"no state from 3 batch\(es\) back: 2 kept"):
+        drawing.state_dict_before(3)
+    assert drawing.state_dict_before(0) == drawing.state_dict()
+    with pytest.raises(ValueError, match=r"'batches' must be an int >= 0 \(got -1\)"):
+        drawing.remember_states(-1)
