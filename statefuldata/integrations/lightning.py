@@ -12,11 +12,17 @@ O(1). Lightning writes rank 0's loader state, and every rank resumes from it: a 
 is global, so that is exact for map-style data. A source whose position is per rank (an iterable
 sharded by rank, a filtering stream) needs :class:`ExactResume`, which keeps every rank's states.
 
-The other case that needs :class:`ExactResume`: a checkpoint written at the last batch of an epoch (an
-``every_n_train_steps`` that divides the epoch, or the default end-of-epoch checkpoint). Lightning
-then resumes into the next epoch without calling ``iter()`` again, so it would draw from the resumed,
-already finished pass and train an empty epoch (torchdata's own loader has the same problem). The
-callback marks such a saved state "pass finished", so the resumed loader starts the next pass.
+:class:`ExactResume` also covers two more cases:
+
+* A loader without a length (over a Hugging Face ``IterableDataset``, say): Lightning draws one
+  batch ahead of it to know which batch is the last, so the state it saves is one batch past the
+  last one trained on, and a resume would skip that batch. The callback has our loaders remember
+  their recent states and saves the one as of the batch trained on.
+* A checkpoint written at the last batch of an epoch (an ``every_n_train_steps`` that divides the
+  epoch, or the default end-of-epoch checkpoint). Lightning then resumes into the next epoch without
+  calling ``iter()`` again, so it would draw from the resumed, already finished pass and train an
+  empty epoch (torchdata's own loader has the same problem). The callback marks such a saved state
+  "pass finished", so the resumed loader starts the next pass.
 
 Example::
 
@@ -89,8 +95,8 @@ def _sized(loader: Any) -> bool:
 
 
 class ExactResume(Callback):
-    """Makes checkpoints taken at the last batch of an epoch resume into a full next epoch, and
-    under several processes makes each rank resume from its own loader states.
+    """Exact resumes where Lightning alone is not: loaders without a length (it draws one batch
+    ahead), checkpoints at the last batch of an epoch, and per-rank sources under several processes.
 
     Lightning writes rank 0's checkpoint, so every rank would resume from rank 0's loader states.
     That is exact for map-style data under our samplers (their position is global) but not for
@@ -104,6 +110,12 @@ class ExactResume(Callback):
     KEY_RANK_STATES = "statefuldata_loader_states_by_rank"
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._remember_states(trainer)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._remember_states(trainer)  # loaders Lightning reloaded for this epoch, too
+
+    def _remember_states(self, trainer: Any) -> None:
         lookahead = int(getattr(_fetcher(trainer), "prefetch_batches", 0) or 0)
         for loader in _stateful_train_loaders(trainer):
             if isinstance(loader, SeededStatefulDataLoader) and not _sized(loader):
@@ -120,7 +132,16 @@ class ExactResume(Callback):
         if ahead and len(loaders) == len(state[_COMBINED_LOADER]):
             for index, loader in enumerate(loaders):
                 if isinstance(loader, SeededStatefulDataLoader) and not _sized(loader):
-                    state[_COMBINED_LOADER][index] = loader.state_dict_before(ahead)
+                    try:
+                        state[_COMBINED_LOADER][index] = loader.state_dict_before(ahead)
+                    except ValueError as exc:
+                        logger.warning(
+                            "ExactResume: a resume from this checkpoint will skip %d batch(es) of "
+                            "train loader %d, which Lightning drew ahead: %s",
+                            ahead,
+                            index,
+                            exc,
+                        )
         if trainer.is_last_batch:
             for loader_state in state[_COMBINED_LOADER]:
                 if isinstance(loader_state, dict):
