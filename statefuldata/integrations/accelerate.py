@@ -122,6 +122,8 @@ class _HeadFirst:
 def _give_head_first(loader: Any, sampler: PositionSampler, position: int) -> bool:
     """Give the shard the epoch's head when accelerate will wrap around to it; whether it did."""
     shard = _shard_of(loader)
+    if isinstance(getattr(shard, "batch_sampler", None), _HeadFirst):
+        shard.batch_sampler = shard.batch_sampler.inner  # from a resumed pass never drawn from
     processes = int(getattr(shard, "num_processes", 1) or 1)
     batch_size = getattr(shard, "batch_size", None)
     if (
@@ -213,10 +215,10 @@ class ResumableLoader:
         if isinstance(dataset, EpochView):
             dataset.begin_pass(epoch)
         head = False  # a pass restored mid-epoch through our sampler (the default configuration)
-        if resume is not None and not getattr(self.loader, "use_stateful_dataloader", False):
-            sampler = _our_sampler(self.loader)
-            if sampler is not None:
-                head = _give_head_first(self.loader, sampler, sampler.position)
+        sampler = _our_sampler(self.loader)
+        if sampler is not None and not getattr(self.loader, "use_stateful_dataloader", False):
+            position = sampler.position if resume is not None else 0
+            head = _give_head_first(self.loader, sampler, position)
         return self._count(iter(self.loader), drop=int(head))
 
     def _count(self, batches: Iterator[Any], *, drop: int = 0) -> Iterator[Any]:
