@@ -39,7 +39,17 @@ class _RetiredIterator:
         )
 
 
-_RETIRED_CLASSES: dict[type, type] = {}
+_MIXED_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def _mix_in(obj: Any, mixin: type, prefix: str) -> None:
+    """Give ``obj`` a subclass of its class with ``mixin`` first, in place (once per class)."""
+    cls = type(obj)
+    if issubclass(cls, mixin):
+        return
+    if (mixin, cls) not in _MIXED_CLASSES:
+        _MIXED_CLASSES[mixin, cls] = type(f"{prefix}{cls.__name__}", (mixin, cls), {})
+    obj.__class__ = _MIXED_CLASSES[mixin, cls]
 
 
 class _RememberingIterator:
@@ -54,9 +64,6 @@ class _RememberingIterator:
         if before is not None:
             loader._states_before.append(before)
         return batch
-
-
-_REMEMBERING_CLASSES: dict[type, type] = {}
 
 
 def _wrapped_position_sampler(sampler: Any) -> PositionSampler | None:
@@ -163,13 +170,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
 
     def _remembering(self, iterator: Any) -> Any:
         """Give ``iterator`` the class that records states before each batch, in place."""
-        cls = type(iterator)
-        if not issubclass(cls, _RememberingIterator):
-            if cls not in _REMEMBERING_CLASSES:
-                _REMEMBERING_CLASSES[cls] = type(
-                    f"Remembering{cls.__name__}", (_RememberingIterator, cls), {}
-                )
-            iterator.__class__ = _REMEMBERING_CLASSES[cls]
+        _mix_in(iterator, _RememberingIterator, "Remembering")
         iterator._statefuldata_loader = weakref.ref(self)
         return iterator
 
@@ -219,11 +220,7 @@ class SeededStatefulDataLoader(StatefulDataLoader):  # type: ignore[misc]
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if callable(shutdown):
             shutdown()
-        cls = type(iterator)
-        if not issubclass(cls, _RetiredIterator):
-            if cls not in _RETIRED_CLASSES:
-                _RETIRED_CLASSES[cls] = type(f"Retired{cls.__name__}", (_RetiredIterator, cls), {})
-            iterator.__class__ = _RETIRED_CLASSES[cls]
+        _mix_in(iterator, _RetiredIterator, "Retired")
 
     def _reusable(self) -> bool:
         """Persistent workers whose last pass ran to its end can start the next pass.
