@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,9 +21,7 @@ from accelerate.utils import DataLoaderConfiguration  # noqa: E402
 from statefuldata import IncompatibleStateError, make_loader  # noqa: E402
 from statefuldata.integrations.accelerate import ResumableLoader  # noqa: E402
 from tests.data import CountingStream, Ids  # noqa: E402
-from tests.frameworks import accelerate_run  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.frameworks import accelerate_run, torchrun  # noqa: E402
 
 SAMPLES, BATCH, EPOCHS = 24, 4, 2
 STEPS = SAMPLES // BATCH  # per epoch
@@ -145,37 +139,8 @@ def test_a_loader_sharded_by_rank_and_by_accelerate_is_refused() -> None:
     assert len(ids) == len(set(ids)) == 8
 
 
-def _launch(root: Path, phase: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={accelerate_run.PROCESSES}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=127.0.0.1:{port}",
-            "-m",
-            "tests.frameworks.accelerate_run",
-            str(root),
-            phase,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-
-
 def _ranks(folder: Path) -> list[dict]:
-    return [
-        torch.load(folder / f"rank{r}.pt", weights_only=True)
-        for r in range(accelerate_run.PROCESSES)
-    ]
+    return torchrun.ranks(folder, accelerate_run.PROCESSES)
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +148,10 @@ def processes(tmp_path_factory) -> Path:
     """Every run of accelerate_run on two processes: the first parts, then the resumes in fresh
     processes (a second torchrun launch)."""
     root = tmp_path_factory.mktemp("accelerate-processes")
-    _launch(root, "first")
-    _launch(root, "resumed")
+    torchrun.launch("tests.frameworks.accelerate_run", accelerate_run.PROCESSES, str(root), "first")
+    torchrun.launch(
+        "tests.frameworks.accelerate_run", accelerate_run.PROCESSES, str(root), "resumed"
+    )
     return root
 
 

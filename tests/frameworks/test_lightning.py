@@ -6,10 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,9 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from statefuldata import DataLoaderManager, make_loader  # noqa: E402
 from statefuldata.integrations.lightning import ExactResume  # noqa: E402
 from tests.data import Ids  # noqa: E402
-from tests.frameworks import lightning_ddp_run  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.frameworks import lightning_ddp_run, torchrun  # noqa: E402
 
 SAMPLES, BATCH, EPOCHS = 24, 4, 2
 STEPS = SAMPLES // BATCH  # per epoch
@@ -203,37 +197,8 @@ def test_lightning_s_distributed_sampler_is_replaced_by_ours_sharded_the_same_wa
         assert [i for batch in resumed for i in batch.tolist()] == ids[BATCH:]
 
 
-def _launch_ddp(root, phase: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={lightning_ddp_run.PROCESSES}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=127.0.0.1:{port}",
-            "-m",
-            "tests.frameworks.lightning_ddp_run",
-            str(root),
-            phase,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-
-
 def _ranks(folder: Path) -> list[dict]:
-    return [
-        torch.load(folder / f"rank{r}.pt", weights_only=True)
-        for r in range(lightning_ddp_run.PROCESSES)
-    ]
+    return torchrun.ranks(folder, lightning_ddp_run.PROCESSES)
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +206,12 @@ def ddp(tmp_path_factory) -> Path:
     """Every fit of lightning_ddp_run on two processes (strategy="ddp", Lightning's defaults): the
     first parts, then the resumes in fresh processes (a second torchrun launch)."""
     root = tmp_path_factory.mktemp("lightning-ddp")
-    _launch_ddp(root, "first")
-    _launch_ddp(root, "resumed")
+    torchrun.launch(
+        "tests.frameworks.lightning_ddp_run", lightning_ddp_run.PROCESSES, str(root), "first"
+    )
+    torchrun.launch(
+        "tests.frameworks.lightning_ddp_run", lightning_ddp_run.PROCESSES, str(root), "resumed"
+    )
     return root
 
 
