@@ -74,6 +74,16 @@ def train(mode: str, folder: Path, *, stop: int = 0, resume: int | None = None) 
     if resume is not None:
         accelerator.load_state(str(folder / "state"))
         start = loader.next_epoch if adapter else resume
+    seen = run_epochs(accelerator, model, optimizer, loader, start, stop, str(folder / "state"))
+    accelerator.wait_for_everyone()
+    parameters = [p.detach().clone() for p in accelerator.unwrap_model(model).parameters()]
+    return {"seen": seen, "parameters": parameters}
+
+
+def run_epochs(accelerator, model, optimizer, loader, start: int, stop: int, save_to: str):
+    """Train epochs ``start``..EPOCHS-1 and return the batches seen; with ``stop``, save_state to
+    ``save_to`` after that many steps and return. Without the adapter the loop sets the epoch."""
+    adapter = isinstance(loader, ResumableLoader)
     seen: list[list[int]] = []
     step = 0
     for epoch in range(start, EPOCHS):
@@ -87,14 +97,9 @@ def train(mode: str, folder: Path, *, stop: int = 0, resume: int | None = None) 
             optimizer.zero_grad()
             step += 1
             if step == stop:
-                accelerator.save_state(str(folder / "state"))
-                break
-        else:
-            continue
-        break
-    accelerator.wait_for_everyone()
-    parameters = [p.detach().clone() for p in accelerator.unwrap_model(model).parameters()]
-    return {"seen": seen, "parameters": parameters}
+                accelerator.save_state(save_to)
+                return seen
+    return seen
 
 
 def record(folder: Path, result: dict) -> None:

@@ -65,23 +65,9 @@ def _train(mode: str, num_workers: int, root: str, *, stop: int = 0, resume: int
     if resume is not None:
         accelerator.load_state(root)
         start = loader.next_epoch if adapter else resume
-    seen, step = [], 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for epoch in range(start, EPOCHS):
-            if not adapter:
-                loader.set_epoch(epoch)
-            for batch in loader:
-                seen.append(batch.tolist())
-                x = batch.float().unsqueeze(1)
-                accelerator.backward(torch.nn.functional.mse_loss(model(x), x))
-                optimizer.step()
-                optimizer.zero_grad()
-                step += 1
-                if step == stop:
-                    accelerator.save_state(root)
-                    return seen
-    return seen
+        return accelerate_run.run_epochs(accelerator, model, optimizer, loader, start, stop, root)
 
 
 @functools.cache
@@ -180,18 +166,8 @@ def test_two_processes_deal_each_epoch_out_once(processes, mode) -> None:
 def test_two_processes_resumed_in_fresh_processes_equal_the_uninterrupted_run(
     processes, mode, stop
 ) -> None:
-    reference = _ranks(processes / mode / "reference")
-    first = _ranks(processes / mode / f"stop{stop}" / "first")
-    resumed = _ranks(processes / mode / f"stop{stop}" / "resumed")
     total = accelerate_run.EPOCHS * accelerate_run.steps_per_epoch(mode)
-    for rank in range(accelerate_run.PROCESSES):
-        assert len(first[rank]["seen"]) == stop
-        assert len(resumed[rank]["seen"]) == total - stop
-        assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
-        for got, expected in zip(
-            resumed[rank]["parameters"], reference[rank]["parameters"], strict=True
-        ):
-            assert torch.equal(got, expected)
+    torchrun.check_resumed(processes / mode, stop, total, accelerate_run.PROCESSES)
 
 
 @pytest.mark.parametrize("split", [False, True])

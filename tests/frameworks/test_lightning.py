@@ -249,15 +249,5 @@ def test_ddp_streams_each_rank_its_own_records(ddp) -> None:
 @pytest.mark.parametrize("stop", lightning_ddp_run.STOPS)
 @pytest.mark.parametrize("kind", lightning_ddp_run.KINDS)
 def test_ddp_resumed_in_fresh_processes_equals_the_uninterrupted_run(ddp, kind, stop) -> None:
-    reference = _ranks(ddp / kind / "reference")
-    first = _ranks(ddp / kind / f"stop{stop}" / "first")
-    resumed = _ranks(ddp / kind / f"stop{stop}" / "resumed")
     total = lightning_ddp_run.EPOCHS * lightning_ddp_run.STEPS
-    for rank in range(lightning_ddp_run.PROCESSES):
-        assert len(first[rank]["seen"]) == stop
-        assert len(resumed[rank]["seen"]) == total - stop
-        assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
-        for got, expected in zip(
-            resumed[rank]["parameters"], reference[rank]["parameters"], strict=True
-        ):
-            assert torch.equal(got, expected)
+    torchrun.check_resumed(ddp / kind, stop, total, lightning_ddp_run.PROCESSES)

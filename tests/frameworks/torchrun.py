@@ -42,3 +42,20 @@ def launch(module: str, processes: int, *args: str) -> None:
 def ranks(folder: Path, processes: int) -> list[dict]:
     """What each rank recorded in ``folder`` (``rank<r>.pt``)."""
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(processes)]
+
+
+def check_resumed(runs: Path, stop: int, total: int, processes: int) -> None:
+    """Each rank's run stopped after ``stop`` of ``total`` steps (``runs/stop<stop>/first``) and
+    resumed in fresh processes (``.../resumed``) saw the batches of the uninterrupted run
+    (``runs/reference``) and ends with its parameters."""
+    reference = ranks(runs / "reference", processes)
+    first = ranks(runs / f"stop{stop}" / "first", processes)
+    resumed = ranks(runs / f"stop{stop}" / "resumed", processes)
+    for rank in range(processes):
+        assert len(first[rank]["seen"]) == stop
+        assert len(resumed[rank]["seen"]) == total - stop
+        assert first[rank]["seen"] + resumed[rank]["seen"] == reference[rank]["seen"]
+        for got, expected in zip(
+            resumed[rank]["parameters"], reference[rank]["parameters"], strict=True
+        ):
+            assert torch.equal(got, expected)
